@@ -1,0 +1,73 @@
+"""Forward process and parameterisations on top of diffusers' ``DDPMScheduler``.
+
+Index convention (used by training and inference alike): "diffuse to T'" means
+
+    x_{T'} = sqrt(alpha_bar[T' - 1]) * x_0 + sqrt(1 - alpha_bar[T' - 1]) * eps,
+
+i.e. diffusers' ``add_noise`` at timestep index ``T' - 1`` (the paper's step t = T' is index
+T' - 1). The first denoising step evaluates the network at index ``T' - 1`` and the last at
+index 0, so PD-DDPM with ``t_prime`` steps costs exactly ``t_prime`` network evaluations and
+``t_prime = T`` is the full reverse process. ``t_prime = 0`` means no diffusion at all.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+
+from nnunet_pdddpm.diffusion.config import DiffusionConfig
+
+
+def make_ddpm_scheduler(config: DiffusionConfig) -> DDPMScheduler:
+    """The training/ancestral scheduler: cosine schedule (Nichol & Dhariwal) with T steps."""
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        clip_sample=config.clip_sample,
+        clip_sample_range=1.0,
+    )
+
+
+def start_index(t_prime: int) -> int:
+    """Timestep index at which a sample diffused to ``t_prime`` lives (see module docstring)."""
+    return t_prime - 1
+
+
+def _broadcast(values: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    v = values.to(like.device)[timesteps.to(like.device).long()].to(like.dtype)
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def alpha_bar(scheduler: DDPMScheduler, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``alpha_bar[t]`` per batch element, shaped to broadcast against ``like`` (B, C, ...)."""
+    return _broadcast(scheduler.alphas_cumprod, timesteps, like)
+
+
+def diffuse(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Forward rule q(x_t | x_0) at per-element timestep indices (B,)."""
+    return scheduler.add_noise(x0, noise, timesteps.to(x0.device))
+
+
+def training_target(
+    scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the network should output for ``scheduler.config.prediction_type``."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return x0
+    return scheduler.get_velocity(x0, noise, timesteps.to(x0.device))
+
+
+def predict_x0(
+    scheduler: DDPMScheduler, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The clean-mask estimate implied by the network output at ``x_t`` (closed form, no clipping)."""
+    kind = scheduler.config.prediction_type
+    ab = alpha_bar(scheduler, timesteps, x_t)
+    if kind == "epsilon":
+        return (x_t - (1 - ab).sqrt() * model_output) / ab.sqrt()
+    if kind == "sample":
+        return model_output
+    return ab.sqrt() * x_t - (1 - ab).sqrt() * model_output

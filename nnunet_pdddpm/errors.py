@@ -1,0 +1,46 @@
+"""User-facing errors: one clear sentence, no traceback."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+class PDDDPMUserError(Exception):
+    """A problem with the user's input or setup; the message says what is wrong and how to fix it."""
+
+
+def cli_entry(func: F) -> F:
+    """Wrap a console-script ``main``: a :class:`PDDDPMUserError` prints ``error: <sentence>`` and exits 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except PDDDPMUserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def install_excepthook() -> None:
+    """Make an uncaught :class:`PDDDPMUserError` print one sentence instead of a traceback.
+
+    nnU-Net's own commands (``nnUNetv2_train``) do not catch our errors; this keeps their output to
+    ``error: <sentence>`` for user mistakes while every other exception keeps its traceback.
+    """
+    if getattr(sys.excepthook, "_pdddpm", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, PDDDPMUserError):
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            previous(exc_type, exc, tb)
+
+    hook._pdddpm = True  # type: ignore[attr-defined]
+    sys.excepthook = hook

@@ -1,0 +1,262 @@
+"""Evaluate a folder of predictions against a folder of references (WMH-challenge metrics).
+
+Every reference ``CASE{file_ending}`` is paired with ``pred_dir/CASE{file_ending}`` and,
+when given, ``unc_dir/CASE_uncertainty{file_ending}`` (float map, same grid) and
+``prob_dir/CASE.npz`` (nnU-Net's ``--save_probabilities`` output: key ``probabilities``,
+shape (K, z, y, x), channel 0 = background). Prediction files without a reference are
+ignored, so keep other maps out of the prediction folder.
+
+All files are checked (presence, size, geometry) from their headers before any voxel is read;
+problems raise :class:`~nnunet_pdddpm.errors.PDDDPMUserError` with one sentence naming the case.
+Metrics per case and label come from :func:`~nnunet_pdddpm.evaluation.case_metrics.evaluate_case`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.evaluation.case_metrics import (
+    PROBABILITY_METRICS,
+    SEGMENTATION_METRICS,
+    UNCERTAINTY_METRICS,
+    evaluate_case,
+)
+from nnunet_pdddpm.evaluation.surface import Geometry
+
+__all__ = ["evaluate_folders", "UNCERTAINTY_SUFFIX"]
+
+logger = logging.getLogger(__name__)
+
+UNCERTAINTY_SUFFIX = "_uncertainty"
+# NIfTI stores geometry as float32; larger differences mean a different grid, not rounding.
+SPACING_ORIGIN_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class _CaseFiles:
+    case: str
+    reference: Path
+    prediction: Path
+    uncertainty: Path | None
+    probabilities: Path | None
+
+
+def _pair_cases(
+    ref_dir: Path, pred_dir: Path, unc_dir: Path | None, prob_dir: Path | None, file_ending: str
+) -> tuple[list[_CaseFiles], dict[str, list[str]]]:
+    """Pair reference cases with their files; returns (complete cases, {case: missing file names})."""
+    for name, folder in (("reference", ref_dir), ("prediction", pred_dir), ("uncertainty", unc_dir),
+                         ("probability", prob_dir)):
+        if folder is not None and not folder.is_dir():
+            raise PDDDPMUserError(f"The {name} folder {folder} does not exist or is not a folder.")
+    cases = sorted(f.name[: -len(file_ending)] for f in ref_dir.iterdir()
+                   if f.name.endswith(file_ending) and not f.name.startswith("."))
+    if not cases:
+        raise PDDDPMUserError(f"The reference folder {ref_dir} has no '*{file_ending}' file; check --file_ending.")
+    complete, missing = [], {}
+    for case in cases:
+        files = _CaseFiles(
+            case,
+            ref_dir / f"{case}{file_ending}",
+            pred_dir / f"{case}{file_ending}",
+            None if unc_dir is None else unc_dir / f"{case}{UNCERTAINTY_SUFFIX}{file_ending}",
+            None if prob_dir is None else prob_dir / f"{case}.npz",
+        )
+        absent = [p.name for p in (files.prediction, files.uncertainty, files.probabilities)
+                  if p is not None and not p.is_file()]
+        if absent:
+            missing[case] = absent
+        else:
+            complete.append(files)
+    n_orphans = len({f.name[: -len(file_ending)] for f in pred_dir.iterdir() if f.name.endswith(file_ending)}
+                    - set(cases))
+    if n_orphans > 0:
+        logger.info("%d file(s) in %s have no reference and are not evaluated", n_orphans, pred_dir)
+    return complete, missing
+
+
+def _read_header(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise PDDDPMUserError(f"Cannot read {path} as an image: {str(e).strip().splitlines()[-1]}") from e
+    return reader
+
+
+def _check_same_grid(case: str, role: str, reference: sitk.ImageFileReader, other: sitk.ImageFileReader) -> None:
+    """Raise if ``other`` (the prediction or uncertainty map) is not on the reference's grid."""
+    checks = (("size", reference.GetSize(), other.GetSize(), 0.0),
+              ("spacing", reference.GetSpacing(), other.GetSpacing(), SPACING_ORIGIN_ATOL_MM),
+              ("origin", reference.GetOrigin(), other.GetOrigin(), SPACING_ORIGIN_ATOL_MM),
+              ("direction", reference.GetDirection(), other.GetDirection(), DIRECTION_ATOL))
+    for name, ref_value, other_value, atol in checks:
+        if len(ref_value) != len(other_value) or not np.allclose(ref_value, other_value, rtol=0, atol=atol):
+            raise PDDDPMUserError(
+                f"Case '{case}': the {role}'s {name} {tuple(np.round(other_value, 4))} differs from the reference's "
+                f"{tuple(np.round(ref_value, 4))}; it must be on the reference's grid."
+            )
+
+
+def _read_label_map(path: Path, case: str, role: str) -> np.ndarray:
+    """Integer label array; a float map with non-integer values is binarised at >= 0.5 (WMH challenge rule)."""
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    if np.array_equal(array, np.round(array)):
+        return array.astype(np.int64)
+    if role == "prediction":
+        return (array >= 0.5).astype(np.int64)
+    raise PDDDPMUserError(f"Case '{case}': the {role} {path.name} holds non-integer values; expected a label map.")
+
+
+def _check_values(case: str, role: str, array: np.ndarray, allowed: set[int]) -> None:
+    unexpected = sorted(set(np.unique(array).tolist()) - allowed)
+    if unexpected:
+        raise PDDDPMUserError(
+            f"Case '{case}': the {role} holds label(s) {unexpected} outside the allowed set {sorted(allowed)}; "
+            f"pass the dataset's labels with -l."
+        )
+
+
+def _read_probabilities(path: Path, case: str, shape: tuple[int, ...], labels: Sequence[int]) -> np.ndarray:
+    """(K, *shape) float array from nnU-Net's npz; a 2D case may carry nnU-Net's singleton z axis."""
+    with np.load(path) as npz:
+        if "probabilities" not in npz:
+            raise PDDDPMUserError(f"Case '{case}': {path.name} has no 'probabilities' array (nnU-Net's npz format).")
+        probabilities = npz["probabilities"].astype(np.float32)
+    if len(shape) == 2 and probabilities.ndim == 4 and probabilities.shape[1] == 1:
+        probabilities = probabilities[:, 0]
+    if probabilities.shape[1:] != shape or probabilities.shape[0] <= max(labels):
+        raise PDDDPMUserError(
+            f"Case '{case}': probabilities have shape {probabilities.shape}, expected (K > {max(labels)}, *{shape})."
+        )
+    if probabilities.min() < -1e-3 or probabilities.max() > 1 + 1e-3:
+        raise PDDDPMUserError(f"Case '{case}': {path.name} holds values outside [0, 1]; expected softmax outputs.")
+    return np.clip(probabilities, 0.0, 1.0)
+
+
+def _discover_labels(cases: Sequence[_CaseFiles], excluded: set[int]) -> list[int]:
+    """Foreground labels present in any reference or prediction (used when no label set is given)."""
+    found: set[int] = set()
+    for files in cases:
+        for role, path in (("reference", files.reference), ("prediction", files.prediction)):
+            found |= set(np.unique(_read_label_map(path, files.case, role)).tolist())
+    return sorted(found - excluded - {0})
+
+
+def _summarise(per_case: list[dict[str, Any]], labels: Sequence[int], metric_names: Sequence[str]) -> tuple[dict, dict]:
+    """Means over cases (NaN cases left out) and how many cases were NaN, as ``{label: {metric: ...}}``."""
+    mean: dict[str, dict[str, float]] = {}
+    n_nan: dict[str, dict[str, int]] = {}
+    for label in map(str, labels):
+        mean[label], n_nan[label] = {}, {}
+        for name in metric_names:
+            values = np.array([case["metrics"][label][name] for case in per_case], dtype=np.float64)
+            finite = values[~np.isnan(values)]
+            mean[label][name] = float(finite.mean()) if finite.size else float("nan")
+            n_nan[label][name] = int(values.size - finite.size)
+    return mean, n_nan
+
+
+def evaluate_folders(
+    ref_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    unc_dir: str | os.PathLike | None = None,
+    prob_dir: str | os.PathLike | None = None,
+    labels: Sequence[int] | None = None,
+    file_ending: str = ".nii.gz",
+    ignore_label: int | None = None,
+    exclude_label: int | None = None,
+    allow_missing: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every reference case; returns the summary dictionary written as ``summary.json``.
+
+    ``labels``: foreground labels, each evaluated as a binary mask; None = every nonzero
+    value found in the references and predictions (one extra read of each file). A label
+    outside ``{0} | labels | {ignore_label, exclude_label}`` raises. ``exclude_label`` is
+    WMH's "other pathology" label (2 in the challenge) and ``ignore_label`` nnU-Net's
+    dataset.json ignore label; both remove the voxels where the reference has that value.
+    Missing prediction (or uncertainty/probability) files raise, unless ``allow_missing``,
+    in which case those cases are listed under ``"missing_cases"``.
+
+    Layout: ``labels``, ``n_cases``, ``missing_cases``, ``metric_per_case`` (list of
+    ``{"case", "reference_file", "prediction_file", "uncertainty_file", "probability_file",
+    "metrics": {label: {metric: value}}}``), ``mean`` (``{label: {metric: nanmean}}``) and
+    ``n_nan`` (``{label: {metric: number of NaN cases}}``). Label keys are strings (JSON).
+    """
+    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    unc_dir = None if unc_dir is None else Path(unc_dir)
+    prob_dir = None if prob_dir is None else Path(prob_dir)
+    excluded = {v for v in (ignore_label, exclude_label) if v is not None}
+    if labels is not None:
+        labels = sorted({int(v) for v in labels})
+        if not labels or min(labels) < 1 or excluded & set(labels):
+            raise PDDDPMUserError(f"Labels {labels} must be positive foreground labels other than {sorted(excluded)}.")
+
+    cases, missing = _pair_cases(ref_dir, pred_dir, unc_dir, prob_dir, file_ending)
+    if missing and not allow_missing:
+        listed = "; ".join(f"{case} ({', '.join(names)})" for case, names in missing.items())
+        raise PDDDPMUserError(f"{len(missing)} case(s) lack files: {listed}; pass --allow_missing to skip them.")
+    geometries: dict[str, Geometry] = {}
+    for files in cases:
+        reference = _read_header(files.reference)
+        _check_same_grid(files.case, "prediction", reference, _read_header(files.prediction))
+        if files.uncertainty is not None:
+            _check_same_grid(files.case, "uncertainty map", reference, _read_header(files.uncertainty))
+        geometries[files.case] = Geometry(reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
+    if labels is None:
+        labels = _discover_labels(cases, excluded)
+    allowed = {0, *labels, *excluded}
+
+    metric_names = list(SEGMENTATION_METRICS)
+    metric_names += list(PROBABILITY_METRICS) if prob_dir is not None else []
+    metric_names += list(UNCERTAINTY_METRICS) if unc_dir is not None else []
+    per_case = []
+    for files in tqdm(cases, desc="evaluating", unit="case", disable=not show_progress):
+        reference = _read_label_map(files.reference, files.case, "reference")
+        prediction = _read_label_map(files.prediction, files.case, "prediction")
+        _check_values(files.case, "reference", reference, allowed)
+        _check_values(files.case, "prediction", prediction, allowed)
+        uncertainty = None
+        if files.uncertainty is not None:
+            uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(str(files.uncertainty))).astype(np.float64)
+        probabilities = None
+        if files.probabilities is not None and labels:
+            probabilities = _read_probabilities(files.probabilities, files.case, reference.shape, labels)
+        metrics = evaluate_case(reference, prediction, labels, geometries[files.case], excluded,
+                                probabilities, uncertainty)
+        per_case.append({
+            "case": files.case,
+            "reference_file": str(files.reference),
+            "prediction_file": str(files.prediction),
+            "uncertainty_file": None if files.uncertainty is None else str(files.uncertainty),
+            "probability_file": None if files.probabilities is None else str(files.probabilities),
+            "metrics": {str(label): values for label, values in metrics.items()},
+        })
+    mean, n_nan = _summarise(per_case, labels, metric_names)
+    return {
+        "reference_folder": str(ref_dir),
+        "prediction_folder": str(pred_dir),
+        "file_ending": file_ending,
+        "labels": list(labels),
+        "ignore_label": ignore_label,
+        "exclude_label": exclude_label,
+        "metric_names": metric_names,
+        "n_cases": len(per_case),
+        "missing_cases": sorted(missing),
+        "metric_per_case": per_case,
+        "mean": mean,
+        "n_nan": n_nan,
+    }

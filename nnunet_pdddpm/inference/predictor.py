@@ -1,0 +1,253 @@
+"""``PDDDPMPredictor``: nnU-Net's predictor with PD-DDPM sampling in place of one forward pass per patch.
+
+Life cycle as in nnU-Net (``initialize_from_trained_model_folder``, ``predict_from_files``,
+``predict_single_npy_array``); nnU-Net's preprocessing, sliding-window slicers, Gaussian weights,
+resampling and export are reused. The pre-segmentation comes from a ``ModelPreSegmenter`` or an
+``NpzPreSegmentation`` (``set_pre_segmenter``) unless ``sampling.vanilla`` is set.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from os.path import basename, isdir, isfile, join
+
+import numpy as np
+import torch
+from acvl_utils.cropping_and_padding.padding import pad_nd_image
+from batchgenerators.utilities.file_and_folder_operations import load_json, maybe_mkdir_p
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from torch import nn
+from tqdm import tqdm
+
+from nnunet_pdddpm.diffusion import DiffusionConfig, encode_probabilities, hard_onehot
+from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.inference.ensemble_sampling import CaseResult, number_of_evaluations, sample_case
+from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case
+from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter, _checked_folds, check_compatible
+from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs
+from nnunet_pdddpm.trainers.checkpointing import load_checkpoint_safe
+
+UNCERTAINTY_FOLDER = "uncertainty"
+
+
+class PDDDPMPredictor(nnUNetPredictor):
+    def __init__(self, tile_step_size: float = 0.5, use_gaussian: bool = True, use_mirroring: bool = True,
+                 perform_everything_on_device: bool = True, device: torch.device = torch.device("cuda"),
+                 verbose: bool = False, verbose_preprocessing: bool = False, allow_tqdm: bool = True,
+                 sampling: SamplingSettings | None = None):
+        """``sampling=None`` takes T', ensemble size, sampler and steps from the checkpoint's trainer settings.
+
+        ``use_mirroring`` applies to the pre-segmenter (nnU-Net's test-time mirroring); the denoiser's
+        samples are already an ensemble.
+        """
+        super().__init__(tile_step_size, use_gaussian, use_mirroring, perform_everything_on_device, device, verbose,
+                         verbose_preprocessing, allow_tqdm)
+        self.sampling = sampling
+        self.pre_segmenter = None
+        self.networks: list[nn.Module] = []
+        self.diffusion_config: DiffusionConfig | None = None
+        self.uncertainty_folder: str | None = None
+        self.last_nfe = 0
+
+    # ---------------------------------------------------------------- set-up
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str,
+                                             use_folds: tuple | list | None = None,
+                                             checkpoint_name: str = "checkpoint_final.pth") -> None:
+        """Load a ``PDDDPMTrainer`` model folder; checkpoints load with ``weights_only=True`` (EMA weights)."""
+        folder = model_training_output_dir
+        if not isdir(folder):
+            raise PDDDPMUserError(f"Denoiser model folder {folder} does not exist; train it with nnUNetv2_train "
+                                  f"DATASET CONFIG FOLD -tr PDDDPMTrainer or check -d/-c/-tr/-p.")
+        if not isfile(join(folder, "plans.json")) or not isfile(join(folder, "dataset.json")):
+            raise PDDDPMUserError(f"{folder} is not an nnU-Net model folder (plans.json or dataset.json missing).")
+        folds = _checked_folds(folder, use_folds, checkpoint_name, "denoiser")
+        checkpoints = [load_checkpoint_safe(join(folder, f"fold_{f}", checkpoint_name)) for f in folds]
+        for f, ckpt in zip(folds, checkpoints):
+            if "pdddpm" not in ckpt:
+                raise PDDDPMUserError(f"fold_{f}/{checkpoint_name} in {folder} was not written by PDDDPMTrainer; "
+                                      f"point -tr at the denoiser, and -preseg_tr at the segmentation model.")
+        first = checkpoints[0]
+        plans_manager = PlansManager(load_json(join(folder, "plans.json")))
+        configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
+        networks = []
+        for ckpt in checkpoints:
+            net = build_denoiser_from_kwargs(ckpt["pdddpm"]["denoiser_kwargs"])
+            net.load_state_dict(ckpt["ema"]["weights"])
+            networks.append(net)
+        self.manual_initialization_pdddpm(networks, plans_manager, configuration_manager,
+                                          load_json(join(folder, "dataset.json")), first["pdddpm"],
+                                          first["trainer_name"], first.get("inference_allowed_mirroring_axes"))
+
+    def manual_initialization_pdddpm(self, networks: list[nn.Module], plans_manager: PlansManager,
+                                     configuration_manager, dataset_json: dict, pdddpm_settings: dict,
+                                     trainer_name: str, inference_allowed_mirroring_axes) -> None:
+        """Initialise from in-memory denoisers (one per fold) and the checkpoint's ``pdddpm`` settings."""
+        self.plans_manager = plans_manager
+        self.configuration_manager = configuration_manager
+        self.dataset_json = dataset_json
+        self.trainer_name = trainer_name
+        self.allowed_mirroring_axes = inference_allowed_mirroring_axes
+        self.label_manager = plans_manager.get_label_manager(dataset_json)
+        self.networks = [net.to(self.device).eval() for net in networks]
+        self.network = self.networks[0]
+        self.list_of_parameters = []
+        self.diffusion_config = DiffusionConfig.from_dict(pdddpm_settings["diffusion"])
+        if self.sampling is None:
+            s = pdddpm_settings["sampling"]
+            self.sampling = SamplingSettings(t_prime=s["t_prime"], ensemble_size=s["ensemble_size"],
+                                             sampler=s["sampler"], steps=s["steps"])
+        self.sampling.validate(self.diffusion_config.num_train_timesteps)
+
+    def set_pre_segmenter(self, pre_segmenter) -> None:
+        """A ``ModelPreSegmenter`` (checked against the denoiser now) or an ``NpzPreSegmentation``."""
+        if isinstance(pre_segmenter, ModelPreSegmenter):
+            check_compatible(self.plans_manager, self.configuration_manager, self.dataset_json,
+                             pre_segmenter.plans_manager, pre_segmenter.configuration_manager,
+                             pre_segmenter.dataset_json, "pre-segmentation model")
+        self.pre_segmenter = pre_segmenter
+
+    def _needs_pre_segmentation(self) -> bool:
+        return not self.sampling.vanilla
+
+    # ---------------------------------------------------------------- one case
+    @torch.inference_mode()
+    def predict_case(self, data: torch.Tensor, properties: dict, case_key: str | None) -> CaseResult:
+        """Sample a preprocessed case (C, *shape) -> probabilities (K, *shape) and uncertainty (*shape) on the CPU."""
+        if not torch.isfinite(data).all():
+            raise PDDDPMUserError(f"Case {case_key} has NaN or infinite voxels after preprocessing; fix the input "
+                                  f"images (replace non-finite values) and predict again.")
+        if self._needs_pre_segmentation() and self.pre_segmenter is None:
+            raise PDDDPMUserError("No pre-segmentation: pass -preseg_tr/-preseg_c (a trained nnU-Net model) or "
+                                  "-preseg_probabilities, or use --vanilla.")
+        patch = tuple(self.configuration_manager.patch_size)
+        compute = self.device
+        results = self.device if self.perform_everything_on_device else torch.device("cpu")
+        x0_pre = None
+        if self._needs_pre_segmentation():
+            probs = self.pre_segmenter.probabilities(data, properties, case_key).to(compute)
+            probs, _ = pad_nd_image(probs, patch, "constant", {"value": 0}, True, None)
+            probs[0][probs.sum(0) == 0] = 1  # padding is background
+            x0_pre = encode_probabilities(probs) if self.sampling.soft_pre_segmentation else hard_onehot(probs[None])[0]
+        data = data.to(compute, torch.float32)
+        padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+        slicers = self._internal_get_sliding_window_slicers(padded.shape[1:])
+        gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results,
+                                    dtype=torch.float32) if self.use_gaussian else torch.ones(patch, device=results)
+        t_prime = self.sampling.effective_t_prime(self.diffusion_config.num_train_timesteps)
+        self.last_nfe = number_of_evaluations(len(slicers), len(self.networks), self.sampling, t_prime)
+        with tqdm(total=self.last_nfe, desc=f"sampling {case_key or ''}".strip(), unit="eval", leave=False,
+                  disable=not self.allow_tqdm) as bar:
+            result = sample_case(self.networks, padded, x0_pre, slicers, gaussian, self.sampling,
+                                 self.diffusion_config, case_key, results, self._autocast, bar.update)
+        probs = result.probabilities[(slice(None), *revert[1:])].cpu()
+        if self.sampling.uncertainty == "none":
+            unc = None
+        elif self.sampling.uncertainty == "entropy":
+            unc = -(probs * probs.clamp_min(1e-8).log()).sum(0)
+        else:
+            unc = result.uncertainty[tuple(revert[1:])].cpu()
+        return CaseResult(probs, unc)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's contract: "logits" (K, *shape); here log ensemble-mean probabilities (softmax gives them back)."""
+        return self.predict_case(data, {}, None).probabilities.clamp_min(1e-8).log()
+
+    # ---------------------------------------------------------------- many cases
+    def _manage_input_and_output_lists(self, list_of_lists_or_source_folder,
+                                       output_folder_or_list_of_truncated_output_files,
+                                       folder_with_segs_from_prev_stage=None, overwrite=True, part_id=0, num_parts=1,
+                                       save_probabilities=False):
+        """nnU-Net's bookkeeping, plus: inputs are checked up front, and with ``--continue_prediction`` a case
+        counts as done only when its uncertainty map exists too."""
+        lists, outputs, prev = super()._manage_input_and_output_lists(
+            list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+            folder_with_segs_from_prev_stage, True, part_id, num_parts, save_probabilities)
+        self._check_input_lists(lists)
+        if not overwrite and outputs is not None:
+            keep = [i for i, o in enumerate(outputs) if not self._case_complete(o, save_probabilities)]
+            print(f"{len(outputs) - len(keep)} cases already predicted; {len(keep)} to go.")
+            lists, outputs, prev = [lists[i] for i in keep], [outputs[i] for i in keep], [prev[i] for i in keep]
+        if self._needs_pre_segmentation() and self.pre_segmenter is not None and outputs is not None:
+            for o in outputs:
+                self.pre_segmenter.check_case(basename(o))
+        return lists, outputs, prev
+
+    def _uncertainty_file(self, output_truncated: str) -> str:
+        folder = self.uncertainty_folder or join(os.path.dirname(output_truncated), UNCERTAINTY_FOLDER)
+        return join(folder, basename(output_truncated) + UNCERTAINTY_SUFFIX + self.dataset_json["file_ending"])
+
+    def _case_complete(self, output_truncated: str, save_probabilities: bool) -> bool:
+        files = [output_truncated + self.dataset_json["file_ending"]]
+        if self.sampling.uncertainty != "none":
+            files.append(self._uncertainty_file(output_truncated))
+        if save_probabilities:
+            files.append(output_truncated + ".npz")
+        return all(isfile(f) for f in files)
+
+    def _check_input_lists(self, lists: list[list[str]]) -> None:
+        n = len(self.dataset_json["channel_names"])
+        ending = self.dataset_json["file_ending"]
+        for files in lists:
+            case = basename(files[0])[: -(len(ending) + 5)]
+            if len(files) != n:
+                raise PDDDPMUserError(f"Case {case} has {len(files)} channel files but the model expects {n} "
+                                      f"(CASE_0000{ending} ... CASE_{n - 1:04d}{ending}); add or remove files.")
+            for f in files:
+                if not os.access(f, os.R_OK):
+                    raise PDDDPMUserError(f"Input file {f} cannot be read; check its permissions.")
+
+    def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
+                                   num_processes_segmentation_export: int = 2):
+        """Sample each case on the device while up to ``num_processes_segmentation_export`` threads export
+        earlier ones (resampling and writing release the GIL)."""
+        results, pending = [], []
+        with ThreadPoolExecutor(max(1, num_processes_segmentation_export)) as pool:
+            for item in tqdm(data_iterator, desc="cases", unit="case", disable=not self.allow_tqdm):
+                data = item["data"]
+                if isinstance(data, str):
+                    path, data = data, torch.from_numpy(np.load(data))
+                    os.remove(path)
+                ofile, properties = item["ofile"], item["data_properties"]
+                case = basename(ofile) if ofile is not None else None
+                result = self.predict_case(data, properties, case)
+                if ofile is None:
+                    results.append(result)
+                    continue
+                unc_file = self._uncertainty_file(ofile) if result.uncertainty is not None else None
+                if unc_file is not None:
+                    maybe_mkdir_p(os.path.dirname(unc_file))
+                pending.append(pool.submit(export_case, result.probabilities, result.uncertainty, properties,
+                                           self.plans_manager, self.configuration_manager, self.dataset_json,
+                                           ofile, save_probabilities, unc_file))
+            for p in pending:
+                p.result()
+        compute_gaussian.cache_clear()
+        return results
+
+    def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,
+                                 segmentation_previous_stage: np.ndarray = None, output_file_truncated: str = None,
+                                 save_or_return_probabilities: bool = False):
+        """One image (C, *shape) in nnU-Net's axis order -> files, or (segmentation, probabilities, uncertainty)."""
+        from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        ppa = PreprocessAdapterFromNpy([input_image], [segmentation_previous_stage], [image_properties],
+                                       [output_file_truncated], self.plans_manager, self.dataset_json,
+                                       self.configuration_manager, num_threads_in_multithreaded=1, verbose=self.verbose)
+        item = next(ppa)
+        if output_file_truncated is not None:
+            self.predict_from_data_iterator([item], save_or_return_probabilities, 1)
+            return None
+        result = self.predict_case(item["data"], item["data_properties"], None)
+        seg, probs = convert_predicted_logits_to_segmentation_with_correct_shape(
+            result.probabilities.clamp_min(1e-8).log(), self.plans_manager, self.configuration_manager,
+            self.label_manager, item["data_properties"], return_probabilities=True)
+        return seg, probs, result.uncertainty

@@ -1,0 +1,53 @@
+"""Sampling settings of PD-DDPM inference, validated before any heavy work."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from nnunet_pdddpm.diffusion import SAMPLERS
+from nnunet_pdddpm.errors import PDDDPMUserError
+
+UNCERTAINTY_KINDS = ("variance", "entropy", "none")
+
+
+@dataclass
+class SamplingSettings:
+    """How a case is sampled.
+
+    t_prime: the paper's T' (reverse steps start at index t_prime - 1; 0 returns the pre-segmentation).
+    ensemble_size: samples per fold and patch (paper: 5); their mean is the probability map.
+    sampler / steps: ``ddpm`` (ancestral, every step unless ``steps``), ``ddim`` or ``dpm++`` with ``steps``.
+    vanilla: the baseline: pure noise at T and the full reverse process (no pre-segmentation).
+    soft_pre_segmentation: encode the pre-segmenter's probabilities as 2p - 1 instead of its argmax.
+    max_batch_size: samples (patches x members) per denoiser call.
+    """
+
+    t_prime: int = 300
+    ensemble_size: int = 5
+    sampler: str = "ddpm"
+    steps: int | None = None
+    seed: int = 0
+    vanilla: bool = False
+    uncertainty: str = "variance"
+    soft_pre_segmentation: bool = False
+    max_batch_size: int = 16
+
+    def effective_t_prime(self, num_train_timesteps: int) -> int:
+        return num_train_timesteps if self.vanilla else self.t_prime
+
+    def validate(self, num_train_timesteps: int) -> None:
+        """Raise :class:`PDDDPMUserError` with one sentence for the first invalid setting."""
+        if not 0 <= self.t_prime <= num_train_timesteps:
+            raise PDDDPMUserError(f"--t_prime must be between 0 and T={num_train_timesteps}, got {self.t_prime}.")
+        if self.ensemble_size < 1:
+            raise PDDDPMUserError(f"--ensemble must be at least 1, got {self.ensemble_size}.")
+        if self.sampler not in SAMPLERS:
+            raise PDDDPMUserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}.")
+        if self.steps is not None and self.steps < 1:
+            raise PDDDPMUserError(f"--steps must be at least 1, got {self.steps}.")
+        if self.uncertainty not in UNCERTAINTY_KINDS:
+            raise PDDDPMUserError(f"--uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}.")
+        if self.max_batch_size < 1:
+            raise PDDDPMUserError(f"--max_batch_size must be at least 1, got {self.max_batch_size}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,1 @@
+"""Folder scanned by nnU-Net through nnUNet_extTrainer (see trainers/discovery.py)."""

@@ -1,0 +1,14 @@
+"""Shim scanned by nnU-Net through ``nnUNet_extTrainer``: it re-exports the package's trainer classes.
+
+nnU-Net imports every module of the folders listed in ``nnUNet_extTrainer`` and drops them from
+``sys.modules`` afterwards; the classes it finds here are those of ``nnunet_pdddpm.trainers``, so
+``isinstance`` and pickling see one class identity. Keep this folder free of other modules, and
+this list equal to ``nnunet_pdddpm.trainers.__all__`` (a test checks it).
+"""
+from nnunet_pdddpm.trainers import (  # noqa: F401
+    PDDDPMAttUNetTrainer,
+    PDDDPMAttUNetTrainer_tiny,
+    PDDDPMTrainer,
+    PDDDPMTrainer_tiny,
+    PDDDPMTrainer_w128,
+)

@@ -1,0 +1,21 @@
+"""``PDDDPMAttUNetTrainer``: the paper's pre-segmenter, a U-Net with attention gates (Oktay et al.).
+
+Built from the same plans as nnU-Net's default U-Net and trained exactly like ``nnUNetTrainer``
+(loss, deep supervision, schedule); only the architecture differs.
+"""
+from __future__ import annotations
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from nnunet_pdddpm.networks.from_plans import build_attention_unet
+
+
+class PDDDPMAttUNetTrainer(nnUNetTrainer):
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return build_attention_unet(configuration_manager, num_input_channels, num_output_channels,
+                                    enable_deep_supervision)

@@ -1,0 +1,285 @@
+"""``PDDDPMTrainer``: the conditional DDPM denoiser of PD-DDPM, trained inside nnU-Net.
+
+Everything nnU-Net does stays (plans, folds, preprocessing, data loading and augmentation,
+logging, checkpoints, ``--c``, ``-device``, ``-num_gpus``); what changes is the network (a
+time-conditioned U-Net fed with image channels + the noisy one-hot mask), the loss (MSE on the
+model target at uniform timesteps), the optimiser (the paper's Adam), bf16 autocast instead of
+fp16 + grad scaling, an EMA of the weights, and validation.
+
+Every setting that inference or validation needs is a class attribute, so a short subclass
+changes a run (see ``variants.py``), and everything is stored in the checkpoint under
+``"pdddpm"`` so that inference never instantiates the trainer.
+"""
+from __future__ import annotations
+
+import os
+from os.path import isdir, join
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from nnunet_pdddpm.diffusion import (
+    DiffusionConfig,
+    diffuse,
+    encode_labels,
+    make_ddpm_scheduler,
+    predict_x0,
+    start_index,
+    training_target,
+)
+from nnunet_pdddpm.errors import PDDDPMUserError, install_excepthook
+from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs, denoiser_kwargs_from_plans
+from nnunet_pdddpm.trainers.checkpointing import load_checkpoint_safe, save_checkpoint_atomic
+from nnunet_pdddpm.trainers.ema import EMA
+
+install_excepthook()
+
+
+class PDDDPMTrainer(nnUNetTrainer):
+    # --- denoiser and diffusion (stored in checkpoints) ---
+    diffusion_config: DiffusionConfig = DiffusionConfig()
+    base_features: int | None = None  # None keeps the plan's features_per_stage; the paper used 128
+    max_features: int | None = None
+    attention_stages: int = 1  # self-attention at this many coarsest stages (paper: one head at 16x16)
+    num_heads: int = 1
+    ema_decay: float = 0.999
+    # --- sampling used by the final validation (and the defaults of nnunet_pdddpm_predict) ---
+    t_prime: int = 300
+    ensemble_size: int = 5
+    sampler: str = "ddpm"
+    sampling_steps: int | None = None  # None: every step from T' to 0
+    # pre-segmenters searched for the final validation, in this order (same dataset, plans, configuration, fold)
+    pre_segmenter_trainers: tuple[str, ...] = ("PDDDPMAttUNetTrainer", "nnUNetTrainer")
+    # --- numerical safety ---
+    max_consecutive_nonfinite: int = 20
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+        self.initial_lr = 1e-4
+        self.weight_decay = 1e-5
+        # bf16 autocast on CUDA needs no loss scaling
+        self.grad_scaler = None
+        self.ema: EMA | None = None
+        self._nonfinite_in_a_row = 0
+        self._check_supported_labels()
+
+    # ---------------------------------------------------------------- set-up
+    def _check_supported_labels(self) -> None:
+        if self.label_manager.has_regions:
+            raise PDDDPMUserError(
+                "PD-DDPM supports nnU-Net datasets with plain labels, not region-based training "
+                "(dataset.json 'regions_class_order'); convert the regions to labels to use PDDDPMTrainer."
+            )
+        if self.label_manager.has_ignore_label:
+            raise PDDDPMUserError(
+                "PD-DDPM does not support nnU-Net's ignore label; remove the 'ignore' label from dataset.json."
+            )
+
+    @property
+    def labels(self) -> list[int]:
+        """Label values in channel order of the mask encoding (background first)."""
+        return list(self.label_manager.all_labels)
+
+    @classmethod
+    def denoiser_kwargs(cls, configuration_manager: ConfigurationManager, num_image_channels: int,
+                        num_classes: int) -> dict:
+        """JSON-like constructor arguments of the denoiser (saved in checkpoints)."""
+        return denoiser_kwargs_from_plans(configuration_manager, num_image_channels, num_classes,
+                                          base_features=cls.base_features, max_features=cls.max_features,
+                                          attention_stages=cls.attention_stages, num_heads=cls.num_heads)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """The denoiser for ``num_input_channels`` image channels and ``num_output_channels`` mask channels.
+
+        A classmethod (nnU-Net calls it on the class at inference) so that subclasses' width settings apply.
+        """
+        return build_denoiser_from_kwargs(cls.denoiser_kwargs(configuration_manager, num_input_channels,
+                                                              num_output_channels))
+
+    def initialize(self) -> None:
+        if self.preprocessed_dataset_folder is not None and not isdir(self.preprocessed_dataset_folder):
+            raise PDDDPMUserError(
+                f"Configuration '{self.configuration_name}' of {self.plans_manager.dataset_name} is not preprocessed "
+                f"({self.preprocessed_dataset_folder} is missing); run nnUNetv2_plan_and_preprocess -d "
+                f"{self.plans_manager.dataset_name} -c {self.configuration_name} first."
+            )
+        super().initialize()
+        self.ema = EMA(self._bare_network(), self.ema_decay)
+        self.scheduler = make_ddpm_scheduler(self.diffusion_config)
+
+    def _bare_network(self) -> nn.Module:
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        # the paper trains at a constant learning rate; exponent 0 keeps nnU-Net's scheduler interface
+        lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.0)
+        return optimizer, lr_scheduler
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        """The denoiser has a single output; nothing to switch."""
+
+    def plot_network_architecture(self) -> None:
+        """nnU-Net's plot calls the network with one input; the denoiser also needs timesteps."""
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _NullContext()
+
+    # ---------------------------------------------------------------- training
+    def _noisy_input(self, data: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
+                     noise: torch.Tensor | None = None):
+        x0 = encode_labels(target, self.labels)
+        noise = torch.randn_like(x0) if noise is None else noise
+        x_t = diffuse(self.scheduler, x0, noise, timesteps)
+        return x0, noise, x_t
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        b = data.shape[0]
+        timesteps = torch.randint(0, self.diffusion_config.num_train_timesteps, (b,), device=self.device)
+        x0, noise, x_t = self._noisy_input(data, target, timesteps)
+        goal = training_target(self.scheduler, x0, noise, timesteps)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            output = self.network(torch.cat((data, x_t), 1), timesteps)
+        loss = F.mse_loss(output.float(), goal)
+        if not torch.isfinite(loss):
+            return self._skip_nonfinite_step(loss)
+        self._nonfinite_in_a_row = 0
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
+        self.optimizer.step()
+        self.ema.update(self._bare_network())
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def _skip_nonfinite_step(self, loss: torch.Tensor) -> dict:
+        """Skip an update whose loss is NaN/inf (weights and EMA untouched); stop if it keeps happening."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._nonfinite_in_a_row += 1
+        self.print_to_log_file(f"WARNING: non-finite loss ({loss.item()}); step skipped "
+                               f"({self._nonfinite_in_a_row} in a row).")
+        if self._nonfinite_in_a_row >= self.max_consecutive_nonfinite:
+            raise PDDDPMUserError(
+                f"Training stopped: the loss was non-finite in {self._nonfinite_in_a_row} consecutive steps; check "
+                f"the input images for NaN/inf voxels or lower the learning rate (initial_lr={self.initial_lr})."
+            )
+        return {"loss": np.array(np.nan)}
+
+    # ---------------------------------------------------------------- per-epoch validation
+    def validation_step(self, batch: dict) -> dict:
+        """Pseudo Dice of the EMA model's one-step x0 estimate from the ground truth diffused to T'.
+
+        The loss is the training MSE at uniform timesteps (comparable to the training loss).
+        """
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        b = data.shape[0]
+        net = self.ema.shadow
+        t_rand = torch.randint(0, self.diffusion_config.num_train_timesteps, (b,), device=self.device)
+        x0, noise, x_t = self._noisy_input(data, target, t_rand)
+        t_val = torch.full((b,), start_index(max(1, self.t_prime)), device=self.device, dtype=torch.long)
+        _, _, x_tp = self._noisy_input(data, target, t_val, noise)
+        with self._autocast():
+            out_rand = net(torch.cat((data, x_t), 1), t_rand)
+            out_tp = net(torch.cat((data, x_tp), 1), t_val)
+        loss = F.mse_loss(out_rand.float(), training_target(self.scheduler, x0, noise, t_rand))
+        x0_hat = predict_x0(self.scheduler, out_tp.float(), x_tp, t_val)
+
+        seg = x0_hat.argmax(1, keepdim=True)
+        onehot = torch.zeros_like(x0_hat).scatter_(1, seg, 1)
+        target_idx = torch.zeros_like(target, dtype=torch.long)
+        for i, lab in enumerate(self.labels):
+            target_idx[target == lab] = i
+        axes = [0] + list(range(2, x0_hat.ndim))
+        tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, target_idx, axes=axes)
+        # background is not part of nnU-Net's pseudo Dice
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp[1:].detach().cpu().numpy(),
+                "fp_hard": fp[1:].detach().cpu().numpy(), "fn_hard": fn[1:].detach().cpu().numpy()}
+
+    # ---------------------------------------------------------------- checkpoints
+    def pdddpm_settings(self) -> dict:
+        """Everything inference needs besides the plans and dataset.json (stored as checkpoint['pdddpm'])."""
+        return {
+            "diffusion": self.diffusion_config.to_dict(),
+            "denoiser_kwargs": self.denoiser_kwargs(self.configuration_manager, self.num_input_channels,
+                                                    self.label_manager.num_segmentation_heads),
+            "labels": self.labels,
+            "num_image_channels": self.num_input_channels,
+            "sampling": {"t_prime": self.t_prime, "ensemble_size": self.ensemble_size, "sampler": self.sampler,
+                         "steps": self.sampling_steps},
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": self._bare_network().state_dict(),
+            "ema": self.ema.state_dict(),
+            "pdddpm": self.pdddpm_settings(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+        }
+        save_checkpoint_atomic(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """Resume from our own checkpoint (safe unpickler; nnU-Net's loader uses ``weights_only=False``)."""
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = (load_checkpoint_safe(filename_or_checkpoint, map_location=self.device)
+                      if isinstance(filename_or_checkpoint, (str, os.PathLike)) else filename_or_checkpoint)
+        if "ema" not in checkpoint:
+            raise PDDDPMUserError(f"{filename_or_checkpoint} is not a PDDDPMTrainer checkpoint (no EMA weights).")
+        weights = {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint["network_weights"].items()}
+        self._bare_network().load_state_dict(weights)
+        self.ema.load_state_dict(checkpoint["ema"])
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+
+    # ---------------------------------------------------------------- final validation
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """Real segmentations of the validation cases and nnU-Net's ``summary.json`` (see ``validation.py``)."""
+        from nnunet_pdddpm.trainers.validation import run_final_validation
+
+        run_final_validation(self, save_probabilities)
+
+
+class _NullContext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def output_folder_of(trainer_name: str, trainer: nnUNetTrainer) -> str:
+    """``nnUNet_results/<Dataset>/<trainer_name>__<plans>__<configuration>`` for the trainer's dataset and plans."""
+    return join(os.path.dirname(trainer.output_folder_base),
+                f"{trainer_name}__{trainer.plans_manager.plans_name}__{trainer.configuration_name}")

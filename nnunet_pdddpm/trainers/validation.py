@@ -1,0 +1,82 @@
+"""Final validation of ``PDDDPMTrainer`` (``perform_actual_validation``): real PD-DDPM segmentations.
+
+The pre-segmenter is looked up in ``nnUNet_results/<dataset>/<T>__<plans>__<configuration>/fold_<fold>/
+checkpoint_final.pth`` for each trainer name ``T`` in ``trainer.pre_segmenter_trainers`` (first
+found wins): the same fold, so validation cases were not seen by it either. Without one, the
+documented fallback is the vanilla reverse process from pure noise at T with the trainer's sampler
+and steps. Segmentations go to ``fold_X/validation/``, uncertainty maps to
+``fold_X/validation/uncertainty/``, and nnU-Net's ``summary.json`` is computed as nnU-Net does.
+"""
+from __future__ import annotations
+
+import os
+from os.path import isfile, join
+
+import torch
+import torch.distributed as dist
+from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+
+from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case
+from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter
+from nnunet_pdddpm.inference.predictor import UNCERTAINTY_FOLDER, PDDDPMPredictor
+from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.io_utils import write_json_atomic
+
+
+def find_pre_segmenter_folder(trainer) -> str | None:
+    """The first ``pre_segmenter_trainers`` model folder with a final checkpoint for the trainer's fold."""
+    base = os.path.dirname(trainer.output_folder_base)
+    for name in trainer.pre_segmenter_trainers:
+        folder = join(base, f"{name}__{trainer.plans_manager.plans_name}__{trainer.configuration_name}")
+        if isfile(join(folder, f"fold_{trainer.fold}", "checkpoint_final.pth")):
+            return folder
+    return None
+
+
+def run_final_validation(trainer, save_probabilities: bool = False) -> None:
+    settings = SamplingSettings(t_prime=trainer.t_prime, ensemble_size=trainer.ensemble_size,
+                                sampler=trainer.sampler, steps=trainer.sampling_steps)
+    pre_folder = find_pre_segmenter_folder(trainer)
+    settings.vanilla = pre_folder is None
+    predictor = PDDDPMPredictor(device=trainer.device, allow_tqdm=False, sampling=settings)
+    predictor.manual_initialization_pdddpm([trainer.ema.shadow], trainer.plans_manager,
+                                           trainer.configuration_manager, trainer.dataset_json,
+                                           trainer.pdddpm_settings(), trainer.__class__.__name__,
+                                           trainer.inference_allowed_mirroring_axes)
+    if pre_folder is not None:
+        predictor.set_pre_segmenter(ModelPreSegmenter(pre_folder, [trainer.fold], "checkpoint_final.pth",
+                                                      trainer.device))
+        how = f"PD-DDPM from pre-segmenter {pre_folder} (T'={settings.t_prime})"
+    else:
+        how = "vanilla DDPM from noise at T (no pre-segmenter found: fallback)"
+    trainer.print_to_log_file(f"Final validation: {how}, ensemble {settings.ensemble_size}, sampler "
+                              f"{settings.sampler}, steps {settings.steps or 'all'}")
+
+    out = join(trainer.output_folder, "validation")
+    maybe_mkdir_p(join(out, UNCERTAINTY_FOLDER))
+    _, val_keys = trainer.do_split()
+    if trainer.is_ddp:
+        val_keys = val_keys[trainer.local_rank::dist.get_world_size()]
+    dataset_val = trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys)
+    ending = trainer.dataset_json["file_ending"]
+    for key in dataset_val.identifiers:
+        trainer.print_to_log_file(f"predicting {key}")
+        data, _, _, properties = dataset_val.load_case(key)
+        result = predictor.predict_case(torch.from_numpy(data[:]), properties, key)
+        export_case(result.probabilities, result.uncertainty, properties, trainer.plans_manager,
+                    trainer.configuration_manager, trainer.dataset_json, join(out, key), save_probabilities,
+                    join(out, UNCERTAINTY_FOLDER, key + UNCERTAINTY_SUFFIX + ending))
+    if trainer.is_ddp:
+        dist.barrier()
+    if trainer.local_rank == 0:
+        metrics = compute_metrics_on_folder(
+            join(trainer.preprocessed_dataset_folder_base, "gt_segmentations"), out, join(out, "summary.json"),
+            trainer.plans_manager.image_reader_writer_class(), ending, trainer.label_manager.foreground_labels,
+            None, chill=True, num_processes=default_num_processes)
+        write_json_atomic({"method": how, "sampling": settings.to_dict()}, join(out, "pdddpm_validation.json"))
+        trainer.logger.log_summary("final_val/foreground_dice", metrics["foreground_mean"]["Dice"])
+        trainer.print_to_log_file("Validation complete", also_print_to_console=True)
+        trainer.print_to_log_file("Mean Validation Dice: ", metrics["foreground_mean"]["Dice"],
+                                  also_print_to_console=True)
