@@ -10,6 +10,11 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunet_pdddpm.networks import AttentionGate, AttentionGateUNet, build_attention_unet
 
 
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)  # the He initialisation draws from the global generator: make every test deterministic
+
+
 def make_configuration(dim: int) -> ConfigurationManager:
     """A small PlainConvUNet configuration as nnU-Net's ExperimentPlanner writes it (only the keys used here)."""
     if dim == 2:
@@ -73,7 +78,8 @@ def test_attention_gates_change_the_skips() -> None:
     for gate, (skip, gating), gated in seen:
         psi = gate.coefficients(skip, gating)
         assert psi.shape == (skip.shape[0], 1, *skip.shape[2:])
-        assert (psi > 0).all() and (psi < 1).all() and psi.std() > 1e-3  # spatially varying, not a no-op
+        assert ((psi >= 0) & (psi <= 1)).all()
+        assert psi.min() < 0.99 and psi.std() > 1e-3  # spatially varying, not a no-op
         torch.testing.assert_close(gated, skip * psi)
         assert not torch.allclose(gated, skip)
 

@@ -21,6 +21,11 @@ from nnunet_pdddpm.networks.blocks import SelfAttentionBlock
 PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 
 
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)  # the He initialisation draws from the global generator: make every test deterministic
+
+
 def make_configuration(dim: int, network_class_name: str = PLAIN_UNET) -> ConfigurationManager:
     """A small configuration as nnU-Net's ExperimentPlanner writes it into nnUNetPlans.json."""
     if dim == 2:

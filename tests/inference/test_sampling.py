@@ -1,0 +1,118 @@
+"""PDDDPMPredictor's sampling on the tiny trained models: the issue's invariants, in-process."""
+import numpy as np
+import pytest
+import torch
+from conftest import model_folder, nnunet_env
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter
+from nnunet_pdddpm.inference.predictor import PDDDPMPredictor
+from nnunet_pdddpm.inference.settings import SamplingSettings
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def env(trained):
+    mp = pytest.MonkeyPatch()
+    for k, v in nnunet_env(trained).items():
+        if k.startswith("nnUNet"):
+            mp.setenv(k, v)
+    yield trained
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def pre_segmenter(env):
+    return ModelPreSegmenter(str(model_folder(env, "PDDDPMAttUNetTrainer_tiny")), [0], "checkpoint_final.pth", CPU)
+
+
+@pytest.fixture(scope="module")
+def case(env):
+    folder = env / "preprocessed" / "Dataset991_Tiny" / "nnUNetPlans_2d"
+    ds = infer_dataset_class(str(folder))(str(folder), ["case_003"])
+    data, _, _, properties = ds.load_case("case_003")
+    return torch.from_numpy(np.asarray(data[:])), properties
+
+
+def make_predictor(env, pre, **settings) -> PDDDPMPredictor:
+    base = dict(t_prime=20, ensemble_size=2, sampler="ddim", steps=3)
+    base.update(settings)
+    p = PDDDPMPredictor(device=CPU, allow_tqdm=False, sampling=SamplingSettings(**base))
+    p.initialize_from_trained_model_folder(str(model_folder(env, "PDDDPMTrainer_tiny")), [0])
+    if pre is not None:
+        p.set_pre_segmenter(pre)
+    return p
+
+
+class ZeroPreSegmentation:
+    """Probabilities 0.5 everywhere: with soft encoding the encoded pre-segmentation is exactly 0."""
+
+    def check_case(self, key):
+        pass
+
+    def probabilities(self, data, properties, key):
+        return torch.full((2, *data.shape[1:]), 0.5)
+
+
+def test_t_prime_zero_returns_the_pre_segmentation(env, pre_segmenter, case):
+    data, props = case
+    result = make_predictor(env, pre_segmenter, t_prime=0).predict_case(data, props, "case_003")
+    pre = pre_segmenter.probabilities(data, props, "case_003")
+    assert torch.equal(result.probabilities.argmax(0), pre.argmax(0))
+    assert torch.all(result.uncertainty == 0)
+
+
+def test_vanilla_starts_from_noise_at_T(env, case):
+    data, props = case
+    p = make_predictor(env, None, vanilla=True, ensemble_size=1, steps=2)
+    seen = []
+    p.networks[0].register_forward_pre_hook(lambda m, args: seen.append(int(args[1][0])))
+    p.predict_case(data, props, "case_003")
+    assert seen == [999, 499]  # two evaluations from index T - 1, all patches of a slice stack in one batch
+    assert p.last_nfe == 2 * data.shape[1]  # per-sample count: one 40x40 patch per slice, one member
+
+
+def test_t_prime_T_with_zero_pre_segmentation_equals_vanilla(env, case):
+    data, props = case
+    vanilla = make_predictor(env, None, vanilla=True, steps=2).predict_case(data, props, "case_003")
+    full = make_predictor(env, ZeroPreSegmentation(), t_prime=1000, steps=2, soft_pre_segmentation=True)
+    result = full.predict_case(data, props, "case_003")
+    # x_T differs only by sqrt(1 - alpha_bar[T-1]) ~ 1 - 1e-9 and sqrt(alpha_bar[T-1]) * 0
+    torch.testing.assert_close(result.probabilities, vanilla.probabilities, atol=1e-4, rtol=0)
+
+
+def test_one_batch_equals_members_one_by_one(env, pre_segmenter, case):
+    data, props = case
+    batched = make_predictor(env, pre_segmenter, ensemble_size=3, max_batch_size=64, sampler="ddpm", steps=None)
+    single = make_predictor(env, pre_segmenter, ensemble_size=3, max_batch_size=1, sampler="ddpm", steps=None)
+    a = batched.predict_case(data, props, "case_003")
+    b = single.predict_case(data, props, "case_003")
+    torch.testing.assert_close(a.probabilities, b.probabilities, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.uncertainty, b.uncertainty, atol=1e-5, rtol=0)
+
+
+def test_variance_is_zero_for_one_member_and_positive_for_several(env, pre_segmenter, case):
+    data, props = case
+    one = make_predictor(env, pre_segmenter, ensemble_size=1, t_prime=300, sampler="ddpm", steps=10)
+    several = make_predictor(env, pre_segmenter, ensemble_size=4, t_prime=300, sampler="ddpm", steps=10)
+    assert torch.all(one.predict_case(data, props, "case_003").uncertainty == 0)
+    unc = several.predict_case(data, props, "case_003").uncertainty
+    assert unc.max() > 1e-3 and unc.min() >= 0
+
+
+def test_same_seed_same_result_other_seed_differs(env, pre_segmenter, case):
+    data, props = case
+    kw = dict(ensemble_size=2, t_prime=300, sampler="ddpm", steps=10)
+    a = make_predictor(env, pre_segmenter, seed=1, **kw).predict_case(data, props, "case_003")
+    b = make_predictor(env, pre_segmenter, seed=1, **kw).predict_case(data, props, "case_003")
+    c = make_predictor(env, pre_segmenter, seed=2, **kw).predict_case(data, props, "case_003")
+    assert torch.equal(a.probabilities, b.probabilities)
+    assert not torch.equal(a.probabilities, c.probabilities)
+
+
+def test_entropy_uncertainty_is_predictive_entropy(env, pre_segmenter, case):
+    data, props = case
+    r = make_predictor(env, pre_segmenter, uncertainty="entropy").predict_case(data, props, "case_003")
+    p = r.probabilities
+    torch.testing.assert_close(r.uncertainty, -(p * p.clamp_min(1e-8).log()).sum(0))
