@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=("tiny", "small", "full"),
         default="small",
-        help="Size (default: small): tiny = 6+2 cases at 48x56x12 (tests, seconds); "
+        help="Size (default: small): tiny = 6+2 cases at 50x60x12 (tests, seconds); "
         "small = 20+5 cases at 2x2x3 mm (CPU demo); full = 40+10 cases at 1x1x3 mm, 180x216x60 (GPU).",
     )
     parser.add_argument(
@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     check_dataset_name(args.name)
     overrides = {k: getattr(args, k) for k in ("num_train", "num_test") if getattr(args, k) is not None}
     profile = resolve_profile(dataclasses.replace(resolve_profile(args.profile), **overrides), args.seed)
-    root = check_output_folder(output)
-
     if args.num_processes < 1:
         raise PDDDPMUserError(f"-np/--num_processes must be at least 1, got {args.num_processes}.")
+    root = check_output_folder(output)
+
     folder = make_demo_dataset(
         root, profile, dataset_id=args.dataset_id, dataset_name=args.name, num_processes=args.num_processes
     )

@@ -33,6 +33,21 @@ from nnunet_pdddpm.trainers.checkpointing import load_checkpoint_safe
 UNCERTAINTY_FOLDER = "uncertainty"
 
 
+def _load_denoiser_checkpoint(path: str) -> dict:
+    """Our checkpoints load with the safe unpickler; anything else is refused with a hint."""
+    hint = (f"{path} was not written by PDDDPMTrainer; point -tr at the denoiser, and -preseg_tr at the "
+            f"segmentation model.")
+    try:
+        ckpt = load_checkpoint_safe(path)
+    except PDDDPMUserError as e:
+        if "cannot be loaded safely" in str(e):
+            raise PDDDPMUserError(hint + " (It cannot be loaded with torch.load(weights_only=True).)") from None
+        raise
+    if "pdddpm" not in ckpt:
+        raise PDDDPMUserError(hint)
+    return ckpt
+
+
 class PDDDPMPredictor(nnUNetPredictor):
     def __init__(self, tile_step_size: float = 0.5, use_gaussian: bool = True, use_mirroring: bool = True,
                  perform_everything_on_device: bool = True, device: torch.device = torch.device("cuda"),
@@ -64,11 +79,7 @@ class PDDDPMPredictor(nnUNetPredictor):
         if not isfile(join(folder, "plans.json")) or not isfile(join(folder, "dataset.json")):
             raise PDDDPMUserError(f"{folder} is not an nnU-Net model folder (plans.json or dataset.json missing).")
         folds = _checked_folds(folder, use_folds, checkpoint_name, "denoiser")
-        checkpoints = [load_checkpoint_safe(join(folder, f"fold_{f}", checkpoint_name)) for f in folds]
-        for f, ckpt in zip(folds, checkpoints):
-            if "pdddpm" not in ckpt:
-                raise PDDDPMUserError(f"fold_{f}/{checkpoint_name} in {folder} was not written by PDDDPMTrainer; "
-                                      f"point -tr at the denoiser, and -preseg_tr at the segmentation model.")
+        checkpoints = [_load_denoiser_checkpoint(join(folder, f"fold_{f}", checkpoint_name)) for f in folds]
         first = checkpoints[0]
         plans_manager = PlansManager(load_json(join(folder, "plans.json")))
         configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])

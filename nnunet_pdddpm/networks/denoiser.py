@@ -17,7 +17,7 @@ from dynamic_network_architectures.building_blocks.helper import get_matching_co
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import Tensor, nn
 
-from nnunet_pdddpm.networks.blocks import SelfAttentionBlock, TimeConditionedStack
+from nnunet_pdddpm.networks.blocks import SelfAttentionBlock, TimeConditionedConvBlock, TimeConditionedStack
 from nnunet_pdddpm.networks.time_embedding import TimestepEmbedding
 
 
@@ -151,14 +151,14 @@ class TimeConditionedUNet(nn.Module):
                                               n_conv_per_stage_decoder, time_embed_dim, attention_stages, num_heads,
                                               conv_bias=conv_bias, **block_kwargs)
         self.output_conv = conv_op(features_per_stage[0], num_classes, 1)
-        self.initialize()
+        self.init_weights()
 
-    def initialize(self) -> None:
+    def init_weights(self) -> None:
         """He init for all convs (as nnU-Net), then zero the layers whose output is added to or modulates a signal
         (scale/shift projections, attention output, final conv), so that training starts from a well-behaved net."""
         self.apply(InitWeights_He(1e-2))
         for module in self.modules():
-            if hasattr(module, "zero_init_"):
+            if isinstance(module, (TimeConditionedConvBlock, SelfAttentionBlock)):
                 module.zero_init_()
         nn.init.zeros_(self.output_conv.weight)
         nn.init.zeros_(self.output_conv.bias)

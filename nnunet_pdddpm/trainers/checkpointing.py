@@ -42,8 +42,8 @@ def load_checkpoint_safe(filename: str | os.PathLike, map_location: Any = "cpu")
         raise PDDDPMUserError(f"Checkpoint {filename} does not exist; train the model first or check the path.")
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError (or RuntimeError) for unsafe content
+    except Exception:  # torch raises UnpicklingError (or RuntimeError) for unsafe content
         raise PDDDPMUserError(
-            f"Checkpoint {filename} cannot be loaded safely (torch.load(weights_only=True) refused it: "
-            f"{str(e).splitlines()[0]}); only load files you trust, with the tool that wrote them."
+            f"Checkpoint {filename} cannot be loaded safely (torch.load(weights_only=True) refused it: it holds "
+            f"objects other than tensors and plain data); only load files you trust, with the tool that wrote them."
         ) from None

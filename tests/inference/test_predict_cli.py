@@ -1,0 +1,124 @@
+"""``nnunet_pdddpm_predict`` end to end on generated NIfTI files, and its refusals of bad input."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import DATASET, DATASET_ID, nnunet_env, run_cli
+
+COMMON = ["-d", str(DATASET_ID), "-c", "2d", "-tr", "PDDDPMTrainer_tiny", "-preseg_tr", "PDDDPMAttUNetTrainer_tiny",
+          "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--t_prime", "30", "--ensemble", "2",
+          "--disable_progress_bar"]
+
+
+def predict(env, inp, out, *extra):
+    return run_cli(["nnunet_pdddpm_predict", "-i", str(inp), "-o", str(out), *COMMON, *extra], env)
+
+
+def arrays(folder):
+    return {f: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f)))
+            for f in sorted(os.listdir(folder)) if f.endswith(".nii.gz")}
+
+
+@pytest.fixture(scope="module")
+def first_run(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred") / "out"
+    env = nnunet_env(trained)
+    predict(env, trained / "raw" / DATASET / "imagesTs", out, "--save_probabilities")
+    return trained, env, out
+
+
+def test_outputs_keep_input_geometry_and_labels(first_run):
+    root, _, out = first_run
+    for img_file in sorted((root / "raw" / DATASET / "imagesTs").iterdir()):
+        case = img_file.name.replace("_0000.nii.gz", "")
+        ref = sitk.ReadImage(str(img_file))
+        seg = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        unc = sitk.ReadImage(str(out / "uncertainty" / f"{case}_uncertainty.nii.gz"))
+        for im in (seg, unc):
+            assert im.GetSize() == ref.GetSize()
+            np.testing.assert_allclose(im.GetSpacing(), ref.GetSpacing(), rtol=1e-6)
+            np.testing.assert_allclose(im.GetOrigin(), ref.GetOrigin(), rtol=1e-6)
+            np.testing.assert_allclose(im.GetDirection(), ref.GetDirection(), atol=1e-6)
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1}
+        assert unc.GetPixelID() == sitk.sitkFloat32
+        u = sitk.GetArrayFromImage(unc)
+        assert u.min() >= 0 and np.isfinite(u).all()
+        probs = np.load(out / f"{case}.npz")["probabilities"]
+        assert probs.shape == (2, *sitk.GetArrayFromImage(ref).shape)
+        np.testing.assert_allclose(probs.sum(0), 1, atol=1e-4)
+        # segmentation is the mean foreground probability thresholded at 0.5 (binary dataset)
+        assert np.mean((probs[1] > 0.5) == (sitk.GetArrayFromImage(seg) == 1)) > 0.999
+    assert not [f for f in os.listdir(out) if ".partial" in f]
+
+
+def test_two_parts_give_the_same_files_as_one_run(first_run, tmp_path):
+    root, env, out = first_run
+    inp = root / "raw" / DATASET / "imagesTs"
+    for part in ("0", "1"):
+        predict(env, inp, tmp_path / "parts", "-num_parts", "2", "-part_id", part, "--save_probabilities")
+    a, b = arrays(out), arrays(tmp_path / "parts")
+    assert a.keys() == b.keys() and len(a) == 2
+    for f in a:
+        np.testing.assert_array_equal(a[f], b[f])
+    ua, ub = arrays(out / "uncertainty"), arrays(tmp_path / "parts" / "uncertainty")
+    for f in ua:
+        np.testing.assert_array_equal(ua[f], ub[f])
+
+
+def test_continue_prediction_only_predicts_what_is_missing(first_run, tmp_path):
+    root, env, out = first_run
+    inp = root / "raw" / DATASET / "imagesTs"
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / "case_009.nii.gz").unlink()  # as if killed before the last rename
+    (partial / "uncertainty" / "case_009_uncertainty.nii.gz").unlink()
+    untouched = (partial / "case_008.nii.gz").stat().st_mtime_ns
+    proc = predict(env, inp, partial, "--continue_prediction", "--save_probabilities")
+    assert "1 cases already predicted; 1 to go." in proc.stdout
+    assert (partial / "case_008.nii.gz").stat().st_mtime_ns == untouched
+    a, b = arrays(out), arrays(partial)
+    for f in a:
+        np.testing.assert_array_equal(a[f], b[f])
+
+
+def _fails(env, args):
+    exe = os.path.join(os.path.dirname(sys.executable), "nnunet_pdddpm_predict")
+    proc = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_bad_inputs_get_one_clear_sentence(first_run, tmp_path):
+    root, env, _ = first_run
+    inp = root / "raw" / DATASET / "imagesTs"
+    assert "-o must differ from -i" in _fails(env, ["-i", str(inp), "-o", str(inp), *COMMON])
+    assert "--t_prime must be between 0 and T=1000" in _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"),
+                                                                   *COMMON, "--t_prime", "2000"])
+    assert "--ensemble must be at least 1" in _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"),
+                                                           *COMMON, "--ensemble", "0"])
+    assert "does not exist" in _fails(env, ["-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), *COMMON])
+    bad = tmp_path / "extra_channel"
+    shutil.copytree(inp, bad)
+    shutil.copy(bad / "case_008_0000.nii.gz", bad / "case_008_0001.nii.gz")
+    assert "Case case_008 has 2 channel files but the model expects 1" in _fails(
+        env, ["-i", str(bad), "-o", str(tmp_path / "o"), *COMMON])
+    msg = _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"), *COMMON, "-preseg_tr", "nnUNetTrainer"])
+    assert "Pre-segmentation model folder" in msg and "does not exist" in msg
+    msg = _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"), *COMMON, "-tr", "PDDDPMAttUNetTrainer_tiny"])
+    assert "was not written by PDDDPMTrainer" in msg
+    assert not (tmp_path / "o").exists() or not any(p.suffix == ".gz" for p in (tmp_path / "o").rglob("*"))
+
+
+def test_help_explains_every_flag():
+    exe = os.path.join(os.path.dirname(sys.executable), "nnunet_pdddpm_predict")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("-preseg_probabilities", "--t_prime", "--ensemble", "--sampler", "--steps", "--seed", "--vanilla",
+                 "--uncertainty", "-num_parts", "--continue_prediction", "--save_probabilities"):
+        assert flag in out
