@@ -1,44 +1,45 @@
 """Atomic output: a crash never leaves a file that looks complete.
 
-Every writer in this package writes to a hidden temporary name in the target folder and
-renames it into place (``os.replace`` is atomic on one file system).
+Every writer in this package writes into a hidden folder ``.pdddpm_partial`` next to the target
+and renames the finished file into place (``os.replace`` is atomic on one file system). Partial
+files thus never appear among the outputs that nnU-Net's tools list (they only look at the top
+level of a folder), and a killed run leaves at most a stale file in the hidden folder.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 
+PARTIAL_FOLDER = ".pdddpm_partial"
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
+    """Yield a temporary path for ``target``; rename it onto ``target`` on success.
 
-    The temporary name keeps ``target``'s full suffix (``.nii.gz``, ``.npz``) so writers that
-    choose a format by extension still work. On an exception the temporary file is removed.
+    The temporary file lives in ``target.parent / PARTIAL_FOLDER`` and ends with ``target``'s name
+    (so writers that choose a format by extension, like SimpleITK or ``np.savez``, still work).
+    On an exception the temporary file is removed and ``target`` is untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    name = target.name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial" + _full_suffix(name), dir=target.parent)
-    os.close(fd)
+    partial = target.parent / PARTIAL_FOLDER
+    partial.mkdir(parents=True, exist_ok=True)
+    tmp = partial / f"{uuid.uuid4().hex}_{target.name}"
     try:
-        yield tmp
+        yield str(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-
-
-def _full_suffix(name: str) -> str:
-    for multi in (".nii.gz", ".tar.gz"):
-        if name.endswith(multi):
-            return multi
-    return Path(name).suffix
+    finally:
+        with contextlib.suppress(OSError):
+            partial.rmdir()  # only succeeds once no other writer uses it
 
 
 def write_json_atomic(obj: Any, target: str | os.PathLike, indent: int = 2) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 
 from nnunet_pdddpm.demo.subject import Subject
 from nnunet_pdddpm.errors import PDDDPMUserError
-from nnunet_pdddpm.io_utils import atomic_path, write_json_atomic
+from nnunet_pdddpm.io_utils import PARTIAL_FOLDER, atomic_path, write_json_atomic
 
 CHANNEL_NAMES = {"0": "FLAIR", "1": "T1"}
 LABELS = {"background": 0, "wmh": 1}
@@ -65,8 +66,8 @@ def claim(folder: Path, settings: dict, expected_files: list[Path]) -> bool:
     elif folder.exists() and any(folder.iterdir()):
         raise PDDDPMUserError(f"{folder} exists and was not made by this generator; pass another -d/--dataset_id.")
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*/.*.partial*"):
-        stale.unlink()
+    for stale in folder.glob(f"*/{PARTIAL_FOLDER}"):
+        shutil.rmtree(stale)
     write_json_atomic(settings, settings_file)
     return False
 

@@ -23,8 +23,10 @@ from tqdm import tqdm
 
 from nnunet_pdddpm.diffusion import DiffusionConfig, encode_probabilities, hard_onehot
 from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.inference.compiled import DenoiserCache
 from nnunet_pdddpm.inference.ensemble_sampling import CaseResult, number_of_evaluations, sample_case
 from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case
+from nnunet_pdddpm.inference.input_checks import check_case_files
 from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter, _checked_folds, check_compatible
 from nnunet_pdddpm.inference.settings import SamplingSettings
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs
@@ -66,6 +68,7 @@ class PDDDPMPredictor(nnUNetPredictor):
         self.diffusion_config: DiffusionConfig | None = None
         self.uncertainty_folder: str | None = None
         self.last_nfe = 0
+        self.denoiser_cache = DenoiserCache()  # compiled denoisers survive from case to case
 
     # ---------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
@@ -151,7 +154,9 @@ class PDDDPMPredictor(nnUNetPredictor):
         self.last_nfe = number_of_evaluations(len(slicers), len(self.networks), self.sampling, t_prime)
         with tqdm(total=self.last_nfe, desc=f"sampling {case_key or ''}".strip(), unit="eval", leave=False,
                   disable=not self.allow_tqdm) as bar:
-            result = sample_case(self.networks, padded, x0_pre, slicers, gaussian, self.sampling,
+            denoisers = self.denoiser_cache.get(self.networks, self._autocast, self.sampling.channels_last,
+                                                self.sampling.compile_denoiser)
+            result = sample_case(denoisers, padded, x0_pre, slicers, gaussian, self.sampling,
                                  self.diffusion_config, case_key, results, self._autocast, bar.update)
         probs = result.probabilities[(slice(None), *revert[1:])].cpu()
         if self.sampling.uncertainty == "none":
@@ -206,14 +211,11 @@ class PDDDPMPredictor(nnUNetPredictor):
     def _check_input_lists(self, lists: list[list[str]]) -> None:
         n = len(self.dataset_json["channel_names"])
         ending = self.dataset_json["file_ending"]
+        if not lists:
+            print("No input cases to predict.")
         for files in lists:
             case = basename(files[0])[: -(len(ending) + 5)]
-            if len(files) != n:
-                raise PDDDPMUserError(f"Case {case} has {len(files)} channel files but the model expects {n} "
-                                      f"(CASE_0000{ending} ... CASE_{n - 1:04d}{ending}); add or remove files.")
-            for f in files:
-                if not os.access(f, os.R_OK):
-                    raise PDDDPMUserError(f"Input file {f} cannot be read; check its permissions.")
+            check_case_files(case, files, n, len(self.configuration_manager.patch_size), ending)
 
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = 2):

@@ -52,7 +52,7 @@ def test_outputs_keep_input_geometry_and_labels(first_run):
         np.testing.assert_allclose(probs.sum(0), 1, atol=1e-4)
         # segmentation is the mean foreground probability thresholded at 0.5 (binary dataset)
         assert np.mean((probs[1] > 0.5) == (sitk.GetArrayFromImage(seg) == 1)) > 0.999
-    assert not [f for f in os.listdir(out) if ".partial" in f]
+    assert not list(out.rglob(".pdddpm_partial"))
 
 
 def test_two_parts_give_the_same_files_as_one_run(first_run, tmp_path):

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.inference.input_checks import check_case_files
+
+
+def _write(path, array, spacing=(1.0, 1.0, 3.0)):
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing[: array.ndim])
+    sitk.WriteImage(img, str(path))
+    return str(path)
+
+
+def _ok(shape=(4, 6, 5)):
+    return np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+
+def check(files, n=1, ndim=3):
+    check_case_files("c", files, n, ndim, ".nii.gz")
+
+
+def test_good_case_passes(tmp_path):
+    check([_write(tmp_path / "c_0000.nii.gz", _ok()), _write(tmp_path / "c_0001.nii.gz", _ok())], n=2)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("nan", "NaN or infinite voxels"),
+    ("zero", "is empty (all voxels are zero)"),
+    ("2d", "is a 2D image but the model's configuration is 3D"),
+    ("grid", "The channels of case c differ in size or spacing"),
+    ("count", "Case c has 1 channel files but the model expects 2"),
+    ("garbage", "is not a readable image"),
+])
+def test_bad_cases_are_named_in_one_sentence(tmp_path, problem, message):
+    a = _ok()
+    if problem == "nan":
+        a[1, 2, 3] = np.nan  # (ITK's NIfTI reader already drops non-finite values; MetaImage keeps them)
+        files = [_write(tmp_path / "c_0000.mha", a)]
+    elif problem == "zero":
+        files = [_write(tmp_path / "c_0000.nii.gz", np.zeros_like(a))]
+    elif problem == "2d":
+        files = [_write(tmp_path / "c_0000.nii.gz", a[0])]
+    elif problem == "grid":
+        files = [_write(tmp_path / "c_0000.nii.gz", a), _write(tmp_path / "c_0001.nii.gz", _ok((4, 6, 6)))]
+    elif problem == "count":
+        files = [_write(tmp_path / "c_0000.nii.gz", a)]
+    else:
+        (tmp_path / "c_0000.nii.gz").write_bytes(b"not an image")
+        files = [str(tmp_path / "c_0000.nii.gz")]
+    n = 2 if problem in ("grid", "count") else 1
+    with pytest.raises(PDDDPMUserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check(files, n=n)
+
+
+def test_2d_images_are_fine_for_a_2d_configuration(tmp_path):
+    check([_write(tmp_path / "c_0000.nii.gz", _ok()[0])], ndim=2)

@@ -1,0 +1,95 @@
+"""Killed training resumes with ``--c``; killed prediction leaves no complete-looking file and continues."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from conftest import DATASET, DATASET_ID, model_folder, nnunet_env, run_cli
+
+from nnunet_pdddpm.trainers.discovery import ENV_VAR
+
+USER_VARIANT = '''
+from nnunet_pdddpm.trainers.variants import PDDDPMTrainer_tiny
+
+
+class PDDDPMTrainer_killable(PDDDPMTrainer_tiny):
+    """A user's own variant, found through nnUNet_extTrainer like ours: more epochs, a checkpoint every epoch."""
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=None):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 6
+        self.save_every = 1
+'''
+
+
+def _start(args, env):
+    exe = Path(sys.executable).parent / args[0]
+    return subprocess.Popen([str(exe), *args[1:]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _kill_when(proc, condition, timeout=300):
+    start = time.time()
+    while not condition():
+        assert proc.poll() is None, "finished before it could be interrupted"
+        assert time.time() - start < timeout
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_training_killed_mid_run_resumes_to_the_same_number_of_epochs(nnunet_root, tmp_path):
+    (tmp_path / "ext").mkdir()
+    (tmp_path / "ext" / "my_variants.py").write_text(USER_VARIANT)
+    env = nnunet_env(nnunet_root)
+    env[ENV_VAR] = f"{env[ENV_VAR]}{os.pathsep}{tmp_path / 'ext'}"
+    args = ["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "PDDDPMTrainer_killable", "-device", "cpu"]
+    fold = model_folder(nnunet_root, "PDDDPMTrainer_killable") / "fold_0"
+    latest = fold / "checkpoint_latest.pth"
+
+    def two_epochs_saved():
+        return latest.is_file() and torch.load(latest, weights_only=True)["current_epoch"] >= 2
+
+    _kill_when(_start(args, env), two_epochs_saved)
+    assert not (fold / "checkpoint_final.pth").exists()
+    saved = torch.load(latest, weights_only=True)
+    run_cli(args + ["--c"], env)
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=True)
+    assert final["current_epoch"] == 6
+    assert final["ema"]["num_updates"] == 6 * 4  # EMA continued from the checkpoint, not restarted
+    assert final["ema"]["num_updates"] > saved["ema"]["num_updates"]
+    assert len(final["logging"]["train_losses"]) == 6  # one logged loss per epoch, none lost or doubled
+    assert not list(fold.rglob(".pdddpm_partial"))
+
+
+def test_prediction_killed_mid_run_continues_to_identical_outputs(trained, tmp_path):
+    env = nnunet_env(trained)
+    inp = tmp_path / "images"
+    shutil.copytree(trained / "raw" / DATASET / "imagesTs", inp)
+    for f in sorted((trained / "raw" / DATASET / "imagesTr").iterdir())[:4]:
+        shutil.copy(f, inp / f.name)
+    args = ["-d", str(DATASET_ID), "-c", "2d", "-tr", "PDDDPMTrainer_tiny", "-preseg_tr", "PDDDPMAttUNetTrainer_tiny",
+            "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--t_prime", "40", "--ensemble", "2",
+            "--sampler", "ddpm", "--disable_progress_bar", "--seed", "3"]
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    run_cli(["nnunet_pdddpm_predict", "-i", str(inp), "-o", str(ref), *args], env)
+    proc = _start(["nnunet_pdddpm_predict", "-i", str(inp), "-o", str(out), *args], env)
+    _kill_when(proc, lambda: out.is_dir() and any(p.suffix == ".gz" for p in out.iterdir()))
+    done = sorted(p.name for p in out.iterdir() if p.name.endswith(".nii.gz"))
+    assert 0 < len(done) < 6
+    for name in done:  # everything that looks complete is complete
+        sitk.ReadImage(str(out / name))
+        sitk.ReadImage(str(out / "uncertainty" / name.replace(".nii.gz", "_uncertainty.nii.gz")))
+    run_cli(["nnunet_pdddpm_predict", "-i", str(inp), "-o", str(out), *args, "--continue_prediction"], env)
+    for sub in (Path("."), Path("uncertainty")):
+        names = sorted(p.name for p in (ref / sub).iterdir() if p.name.endswith(".nii.gz"))
+        assert names == sorted(p.name for p in (out / sub).iterdir() if p.name.endswith(".nii.gz"))
+        for name in names:
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(ref / sub / name))),
+                                          sitk.GetArrayFromImage(sitk.ReadImage(str(out / sub / name))))
