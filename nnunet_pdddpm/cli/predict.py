@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Trainer of the pre-segmentation model (e.g. PDDDPMAttUNetTrainer). Default: nnUNetTrainer.")
     s.add_argument("-preseg_c", default=None, help="Its configuration. Default: -c.")
     s.add_argument("-preseg_p", default="nnUNetPlans", help="Its plans identifier. Default: nnUNetPlans.")
-    s.add_argument("-preseg_f", nargs="+", default=None, help="Its folds. Default: every trained fold.")
+    s.add_argument("-preseg_f", nargs="+", default=None, help="Its folds. Default: the same as -f.")
     s.add_argument("-preseg_chk", default="checkpoint_final.pth", help="Its checkpoint. Default: checkpoint_final.pth.")
     s.add_argument("-preseg_probabilities", default=None,
                    help="Folder of CASE.npz files from nnUNetv2_predict --save_probabilities of any model; used "

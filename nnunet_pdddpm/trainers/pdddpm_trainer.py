@@ -13,7 +13,8 @@ changes a run (see ``variants.py``), and everything is stored in the checkpoint 
 from __future__ import annotations
 
 import os
-from os.path import isdir, join
+from contextlib import nullcontext
+from os.path import isdir
 
 import numpy as np
 import torch
@@ -136,7 +137,7 @@ class PDDDPMTrainer(nnUNetTrainer):
         """nnU-Net's plot calls the network with one input; the denoiser also needs timesteps."""
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _NullContext()
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
 
     # ---------------------------------------------------------------- training
     def _noisy_input(self, data: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
@@ -270,16 +271,3 @@ class PDDDPMTrainer(nnUNetTrainer):
 
         run_final_validation(self, save_probabilities)
 
-
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def output_folder_of(trainer_name: str, trainer: nnUNetTrainer) -> str:
-    """``nnUNet_results/<Dataset>/<trainer_name>__<plans>__<configuration>`` for the trainer's dataset and plans."""
-    return join(os.path.dirname(trainer.output_folder_base),
-                f"{trainer_name}__{trainer.plans_manager.plans_name}__{trainer.configuration_name}")

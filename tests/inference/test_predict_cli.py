@@ -122,3 +122,22 @@ def test_help_explains_every_flag():
     for flag in ("-preseg_probabilities", "--t_prime", "--ensemble", "--sampler", "--steps", "--seed", "--vanilla",
                  "--uncertainty", "-num_parts", "--continue_prediction", "--save_probabilities"):
         assert flag in out
+
+
+def test_saved_probabilities_of_any_model_serve_as_pre_segmentation(first_run, tmp_path):
+    """nnUNetv2_predict --save_probabilities -> -preseg_probabilities; with T'=0 the output is that model's seg."""
+    root, env, _ = first_run
+    inp = root / "raw" / DATASET / "imagesTs"
+    run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(tmp_path / "nnunet"), "-d", str(DATASET_ID), "-c", "2d",
+             "-tr", "PDDDPMAttUNetTrainer_tiny", "-f", "0", "-device", "cpu", "--save_probabilities", "-npp", "1",
+             "-nps", "1"], env)
+    predict(env, inp, tmp_path / "pd", "-preseg_probabilities", str(tmp_path / "nnunet"), "--t_prime", "0")
+    a, b = arrays(tmp_path / "nnunet"), arrays(tmp_path / "pd")
+    assert a.keys() == b.keys() and len(a) == 2
+    for f in a:
+        np.testing.assert_array_equal(a[f], b[f])
+    missing = tmp_path / "nnunet_missing"
+    shutil.copytree(tmp_path / "nnunet", missing)
+    (missing / "case_009.npz").unlink()
+    msg = _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o2"), *COMMON, "-preseg_probabilities", str(missing)])
+    assert "No pre-segmentation probabilities for case case_009" in msg
