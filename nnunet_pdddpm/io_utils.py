@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-
 PARTIAL_FOLDER = ".pdddpm_partial"
 
 

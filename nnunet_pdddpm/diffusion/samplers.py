@@ -5,6 +5,10 @@
 order 1 and 2; order 1 is exactly deterministic DDIM (eta = 0). All samplers evaluate the network
 at ``steps`` timesteps spaced like diffusers' "trailing" spacing but starting at T' - 1, so the
 first evaluation happens where the forward diffusion stopped (see ``schedule.py``).
+
+:func:`reverse_process` steps ``ddpm`` with precomputed coefficients (``fast_ddpm.py``: no host
+synchronisation per step, the same numbers as diffusers' ``step``); :func:`reverse_process_reference`
+calls diffusers' ``step`` for every sampler and is kept as the reference the fast path is tested against.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from nnunet_pdddpm.diffusion.config import DiffusionConfig
+from nnunet_pdddpm.diffusion.fast_ddpm import DDPMStepCoefficients, per_sample_noise
 from nnunet_pdddpm.diffusion.schedule import make_ddpm_scheduler
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
@@ -56,6 +61,13 @@ def make_sampler_scheduler(config: DiffusionConfig, sampler: str):
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
 
 
+def _checked_generators(generators: Sequence[torch.Generator] | None, x: torch.Tensor) -> list | None:
+    gen = list(generators) if generators is not None else None
+    if gen is not None and len(gen) != x.shape[0]:
+        raise ValueError(f"need one generator per batch element ({x.shape[0]}), got {len(gen)}")
+    return gen
+
+
 def reverse_process(
     model_fn: ModelFn,
     x_start: torch.Tensor,
@@ -71,16 +83,56 @@ def reverse_process(
     ``generators`` holds one generator per batch element for the ancestral noise of ``ddpm``, so a
     sample does not depend on which other samples share its batch. Returns x_0 (B, K, ...) in
     roughly [-1, 1]; ``t_prime = 0`` returns ``x_start`` unchanged. ``on_step`` is called after every
-    network evaluation (progress bars).
+    network evaluation (progress bars). The timesteps passed to ``model_fn`` are views of one device
+    tensor (no host-to-device copy per step). Same result as :func:`reverse_process_reference`.
+    """
+    timesteps = sampling_timesteps(t_prime, steps)
+    if not timesteps:
+        return x_start
+    gen = _checked_generators(generators, x_start)
+    all_t = torch.tensor(timesteps, dtype=torch.long, device=x_start.device)
+    batch = x_start.shape[0]
+    if sampler == "ddpm":
+        coeffs = DDPMStepCoefficients.from_scheduler(make_ddpm_scheduler(config), timesteps, x_start.device)
+
+        def step(i: int, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return coeffs.step(i, out, x, per_sample_noise(out, gen) if coeffs.adds_noise(i) else None)
+    else:
+        # DPMSolverMultistepScheduler keeps its sigmas on the CPU and syncs only once (first step index)
+        scheduler = make_sampler_scheduler(config, sampler)
+        scheduler.set_timesteps(timesteps=timesteps, device=x_start.device)
+
+        def step(i: int, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return scheduler.step(out, timesteps[i], x).prev_sample
+    x = x_start
+    for i in range(len(timesteps)):
+        out = model_fn(x, all_t[i].expand(batch)).to(x.dtype)
+        x = step(i, out, x)
+        if on_step is not None:
+            on_step()
+    return x
+
+
+def reverse_process_reference(
+    model_fn: ModelFn,
+    x_start: torch.Tensor,
+    t_prime: int,
+    config: DiffusionConfig,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    generators: Sequence[torch.Generator] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """:func:`reverse_process` with diffusers' ``scheduler.step`` for every sampler (the plain path).
+
+    Slow on a GPU (DDPMScheduler.step synchronises with the host every step); kept as the reference.
     """
     timesteps = sampling_timesteps(t_prime, steps)
     if not timesteps:
         return x_start
     scheduler = make_sampler_scheduler(config, sampler)
     scheduler.set_timesteps(timesteps=timesteps, device=x_start.device)
-    gen = list(generators) if generators is not None else None
-    if gen is not None and len(gen) != x_start.shape[0]:
-        raise ValueError(f"need one generator per batch element ({x_start.shape[0]}), got {len(gen)}")
+    gen = _checked_generators(generators, x_start)
     x = x_start
     for t in timesteps:
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)

@@ -6,6 +6,12 @@ other samples share its batch, nor on how cases are split across processes. Memb
 patch are combined into a mean probability map and a variance map (population variance over
 members and folds, averaged over classes: for a binary dataset, the variance of the foreground
 probability), which are then aggregated over patches with nnU-Net's Gaussian weights.
+
+Which samples share a denoiser call is planned by ``batching.py`` (full batches, optionally padded to
+one shape for a compiled denoiser); how the denoiser is called (eager, channels-last, compiled) by
+``compiled.py``; the DDPM update runs as precomputed tensor ops (``diffusion/fast_ddpm.py``) unless
+``settings.reference_sampler`` asks for diffusers' step. None of these changes a sample's numbers
+beyond floating-point reordering inside the network.
 """
 from __future__ import annotations
 
@@ -17,9 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_pdddpm.diffusion import DiffusionConfig, decode_to_probabilities, diffuse, reverse_process, start_index
-from nnunet_pdddpm.diffusion.samplers import sampling_timesteps
+from nnunet_pdddpm.diffusion import DiffusionConfig, decode_to_probabilities, diffuse, start_index
+from nnunet_pdddpm.diffusion.fast_ddpm import per_sample_noise
+from nnunet_pdddpm.diffusion.samplers import reverse_process, reverse_process_reference, sampling_timesteps
 from nnunet_pdddpm.diffusion.schedule import make_ddpm_scheduler
+from nnunet_pdddpm.inference.batching import Batch, batch_size_for_budget, estimate_sample_bytes, plan_windows
+from nnunet_pdddpm.inference.compiled import SamplingDenoiser
 from nnunet_pdddpm.inference.settings import SamplingSettings
 
 
@@ -48,9 +57,20 @@ def number_of_evaluations(num_patches: int, num_folds: int, settings: SamplingSe
     return num_patches * num_folds * settings.ensemble_size * len(sampling_timesteps(t_prime, settings.steps))
 
 
+def sampling_batch_size(settings: SamplingSettings, network: nn.Module, input_shape: Sequence[int]) -> int:
+    """Samples per denoiser call: ``settings.max_batch_size``, lowered to fit ``settings.memory_budget_gb``.
+
+    input_shape: the denoiser's input (image channels + K, *patch).
+    """
+    if settings.memory_budget_gb is None:
+        return settings.max_batch_size
+    return batch_size_for_budget(settings.max_batch_size, settings.memory_budget_gb * 2 ** 30,
+                                 estimate_sample_bytes(network, input_shape))
+
+
 @torch.inference_mode()
 def sample_case(
-    networks: Sequence[nn.Module],
+    networks: Sequence[nn.Module | SamplingDenoiser],
     image: torch.Tensor,
     x0_pre: torch.Tensor | None,
     slicers: Sequence[tuple],
@@ -64,14 +84,19 @@ def sample_case(
 ) -> CaseResult:
     """Sample every patch of one (padded) case.
 
-    networks: one denoiser per fold (on the compute device). image: (C, *shape) on the compute device.
+    networks: one denoiser per fold (on the compute device), or their :class:`SamplingDenoiser` s (pass those,
+    e.g. from a ``DenoiserCache``, to reuse a compiled graph across cases; plain modules are wrapped here
+    with the options of ``settings``). image: (C, *shape) on the compute device.
     x0_pre: encoded pre-segmentation (K, *shape) in [-1, 1], or None for the vanilla baseline.
     slicers: nnU-Net's sliding-window slicers; each selects (channels, *patch) (2D configurations on 3D
     data index one slice). gaussian: nnU-Net's patch weights (*patch).
     """
+    denoisers = [n if isinstance(n, SamplingDenoiser)
+                 else SamplingDenoiser(n, autocast, settings.channels_last, settings.compile_denoiser)
+                 for n in networks]
     t_prime = settings.effective_t_prime(config.num_train_timesteps)
-    num_members = settings.ensemble_size * len(networks)
-    num_classes = networks[0].num_classes
+    num_members = settings.ensemble_size * len(denoisers)
+    num_classes = denoisers[0].num_classes
     spatial = image.shape[1:]
     probs_acc = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=results_device)
     unc_acc = torch.zeros(spatial, dtype=torch.float32, device=results_device)
@@ -79,22 +104,20 @@ def sample_case(
     gaussian = gaussian.to(results_device, torch.float32)
     scheduler = make_ddpm_scheduler(config)
     cseed = case_seed(case_key)
-    patches_per_group = max(1, settings.max_batch_size // settings.ensemble_size)
+    patch_shape = tuple(gaussian.shape)
+    batch_size = sampling_batch_size(settings, denoisers[0].network, (image.shape[0] + num_classes, *patch_shape))
+    fixed_shape = any(d.compiled for d in denoisers)
 
-    for g0 in range(0, len(slicers), patches_per_group):
-        group = list(range(g0, min(g0 + patches_per_group, len(slicers))))
-        s1 = {p: 0.0 for p in group}
-        s2 = {p: 0.0 for p in group}
-        for fold, net in enumerate(networks):
-            jobs = [(p, m) for p in group for m in range(settings.ensemble_size)]
-            for c0 in range(0, len(jobs), settings.max_batch_size):
-                chunk = jobs[c0:c0 + settings.max_batch_size]
-                probs = _sample_chunk(net, image, x0_pre, slicers, chunk, fold, settings, config, scheduler, t_prime,
-                                      cseed, autocast, on_step).to(results_device)
-                for (p, _), pr in zip(chunk, probs):
-                    s1[p] = s1[p] + pr
-                    s2[p] = s2[p] + pr * pr
-        for p in group:
+    for window in plan_windows(len(slicers), len(denoisers), settings.ensemble_size, batch_size, fixed_shape):
+        s1 = {p: 0.0 for p in window.patches}
+        s2 = {p: 0.0 for p in window.patches}
+        for batch in window.batches:
+            probs = _sample_batch(denoisers[batch.fold], image, x0_pre, slicers, batch, settings, config, scheduler,
+                                  t_prime, cseed, on_step).to(results_device)
+            for job, pr in zip(batch.jobs, probs):  # padding rows come last and are dropped
+                s1[job.patch] = s1[job.patch] + pr
+                s2[job.patch] = s2[job.patch] + pr * pr
+        for p in window.patches:
             mean = s1[p] / num_members
             var = (s2[p] / num_members - mean * mean).clamp_min(0).mean(0)
             sl = slicers[p]
@@ -106,28 +129,30 @@ def sample_case(
     return CaseResult(probs_acc, unc_acc)
 
 
-def _sample_chunk(net, image, x0_pre, slicers, chunk, fold, settings, config, scheduler, t_prime, cseed, autocast,
-                  on_step) -> torch.Tensor:
-    """Reverse process for a batch of (patch, member) jobs of one fold -> decoded probabilities (B, K, *patch)."""
+def _sample_batch(denoiser: SamplingDenoiser, image, x0_pre, slicers, batch: Batch, settings, config, scheduler,
+                  t_prime, cseed, on_step) -> torch.Tensor:
+    """Reverse process for the jobs of one batch (padding rows repeat the last job with their own noise)
+    -> decoded probabilities (batch.size, K, *patch)."""
     device = image.device
-    gens = [sample_generator(settings.seed, cseed, fold, p, m, device) for p, m in chunk]
-    img = torch.stack([image[slicers[p]] for p, _ in chunk])
-    num_classes = net.num_classes
-    patch_shape = img.shape[2:]
-    noise = torch.stack([torch.randn((num_classes, *patch_shape), generator=g, device=device) for g in gens])
+    gens = [sample_generator(settings.seed, cseed, batch.fold, job.patch, job.member, device) for job in batch.jobs]
+    gens += [torch.Generator(device=device).manual_seed(k) for k in range(batch.padding)]
+    patches = [job.patch for job in batch.jobs] + [batch.jobs[-1].patch] * batch.padding
+    img = torch.stack([image[slicers[p]] for p in patches])
+    noise = per_sample_noise(img.new_empty((len(patches), denoiser.num_classes, *img.shape[2:]), dtype=torch.float32),
+                             gens)
     if x0_pre is None:
         x_start = noise
     elif t_prime == 0:
-        x_start = torch.stack([x0_pre[slicers[p]] for p, _ in chunk]).float()
+        x_start = torch.stack([x0_pre[slicers[p]] for p in patches]).float()
     else:
-        x0 = torch.stack([x0_pre[slicers[p]] for p, _ in chunk]).float()
-        t = torch.full((len(chunk),), start_index(t_prime), dtype=torch.long, device=device)
+        x0 = torch.stack([x0_pre[slicers[p]] for p in patches]).float()
+        t = torch.full((len(patches),), start_index(t_prime), dtype=torch.long, device=device)
         x_start = diffuse(scheduler, x0, noise, t)
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            return net(torch.cat((img, x_t), 1), t).float()
+        return denoiser(img, x_t, t)
 
-    step_done = None if on_step is None else (lambda: on_step(len(chunk)))
-    x0_hat = reverse_process(model_fn, x_start, t_prime, config, settings.sampler, settings.steps, gens, step_done)
+    step_done = None if on_step is None else (lambda: on_step(len(batch.jobs)))
+    process = reverse_process_reference if settings.reference_sampler else reverse_process
+    x0_hat = process(model_fn, x_start, t_prime, config, settings.sampler, settings.steps, gens, step_done)
     return decode_to_probabilities(x0_hat)

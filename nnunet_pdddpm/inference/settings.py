@@ -19,6 +19,13 @@ class SamplingSettings:
     vanilla: the baseline: pure noise at T and the full reverse process (no pre-segmentation).
     soft_pre_segmentation: encode the pre-segmenter's probabilities as 2p - 1 instead of its argmax.
     max_batch_size: samples (patches x members) per denoiser call.
+    memory_budget_gb: if set, the batch is the largest (up to max_batch_size) whose estimated activation
+        memory fits this many GiB (``batching.estimate_sample_bytes``).
+    reference_sampler: step with diffusers' ``scheduler.step`` (the plain path: a host sync per DDPM step)
+        instead of the precomputed tensor step, which gives the same numbers.
+    channels_last: run the denoiser in channels-last layout (for CUDA tensor cores).
+    compile_denoiser: ``torch.compile`` the denoiser call (CUDA graphs on CUDA); pads every batch to one
+        shape; compiling takes tens of seconds once per fold.
     """
 
     t_prime: int = 300
@@ -30,6 +37,10 @@ class SamplingSettings:
     uncertainty: str = "variance"
     soft_pre_segmentation: bool = False
     max_batch_size: int = 16
+    memory_budget_gb: float | None = None
+    reference_sampler: bool = False
+    channels_last: bool = False
+    compile_denoiser: bool = False
 
     def effective_t_prime(self, num_train_timesteps: int) -> int:
         return num_train_timesteps if self.vanilla else self.t_prime
@@ -48,6 +59,8 @@ class SamplingSettings:
             raise PDDDPMUserError(f"--uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}.")
         if self.max_batch_size < 1:
             raise PDDDPMUserError(f"--max_batch_size must be at least 1, got {self.max_batch_size}.")
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            raise PDDDPMUserError(f"--memory_budget_gb must be positive, got {self.memory_budget_gb}.")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,144 @@
+"""Training throughput of an nnU-Net trainer: data loading against the training step.
+
+Three phases of ``--iterations`` each, after ``--warmup`` untimed iterations:
+
+- ``step only``: ``train_step`` on one cached batch, the rate of the device with free data;
+- ``loop``: both, as ``nnUNetTrainer.run_training`` does; ``wait %`` is the share of wall time spent
+  waiting for data, so ``100 - wait %`` bounds how busy the device can be;
+- ``data only``: ``next(dataloader_train)`` alone after ``--drain`` untimed batches (the prefetch
+  queue), the rate of nnU-Net's augmentation pipeline (``nnUNet_n_proc_DA`` worker processes).
+
+FLOPs per step are counted on one forward call (``FlopCounterMode``) and taken three times (forward,
+backward for inputs and weights). The trainer writes into a temporary ``nnUNet_results`` (no checkpoint).
+
+    python -m benchmarks.benchmark_training -d 991 -c 2d -tr PDDDPMTrainer_tiny -device cpu --iterations 20
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import (
+    bf16_peak_flops,
+    count_flops,
+    device_name,
+    format_table,
+    peak_memory_bytes,
+    reset_peak_memory,
+    synchronize,
+    write_json,
+)
+
+COLUMNS = (("phase", "phase", ""), ("iterations_per_s", "it/s", ".2f"), ("samples_per_s", "samples/s", ".1f"),
+           ("data_s_per_it", "data s/it", ".4f"), ("step_s_per_it", "step s/it", ".4f"), ("wait_pct", "wait %", ".1f"),
+           ("tflop_per_s", "TFLOP/s", ".3f"), ("peak_fraction_pct", "% bf16 peak", ".1f"),
+           ("peak_memory_gib", "peak mem GiB", ".2f"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.benchmark_training", description=__doc__.split("\n")[0])
+    p.add_argument("-d", required=True, help="Dataset name or ID (preprocessed in nnUNet_preprocessed).")
+    p.add_argument("-c", required=True, help="Configuration.")
+    p.add_argument("-tr", default="PDDDPMTrainer_tiny", help="Trainer class.")
+    p.add_argument("-p", default="nnUNetPlans", help="Plans identifier.")
+    p.add_argument("-f", default="0", help="Fold.")
+    p.add_argument("-device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--drain", type=int, default=12, help="Batches popped untimed before 'data only'.")
+    p.add_argument("--json", default=None)
+    return p
+
+
+def _phase(name: str, data_s: list[float], step_s: list[float], batch: int, flops_per_step: float,
+           device: torch.device) -> dict:
+    wall = sum(data_s) + sum(step_s)
+    n = max(len(data_s), len(step_s))
+    peak = bf16_peak_flops(device)
+    flop_per_s = flops_per_step * len(step_s) / wall if step_s else None
+    return {"phase": name, "iterations": n, "iterations_per_s": n / wall, "samples_per_s": n * batch / wall,
+            "data_s_per_it": float(np.mean(data_s)) if data_s else None,
+            "step_s_per_it": float(np.mean(step_s)) if step_s else None,
+            "wait_pct": 100 * sum(data_s) / wall if data_s and step_s else None,
+            "tflop_per_s": None if flop_per_s is None else flop_per_s / 1e12,
+            "peak_fraction_pct": None if (peak is None or flop_per_s is None) else 100 * flop_per_s / peak,
+            "peak_memory_gib": peak_memory_bytes(device)[0] / 2 ** 30}
+
+
+def _timed(fn, device: torch.device) -> tuple[object, float]:
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    device = torch.device(args.device)
+    results = tempfile.mkdtemp(prefix="pdddpm_bench_results_")
+    os.environ["nnUNet_results"] = results  # read when nnunetv2.paths is imported, below
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    from nnunet_pdddpm.trainers.discovery import ensure_trainer_discovery
+
+    ensure_trainer_discovery()
+    trainer = get_trainer_from_args(args.d, args.c, int(args.f) if args.f != "all" else "all", args.tr, args.p,
+                                    device=device)
+    trainer.disable_checkpointing = True
+    try:
+        trainer.on_train_start()
+        trainer.on_train_epoch_start()
+        loader = trainer.dataloader_train
+        batch = next(loader)
+        data_shape = tuple(batch["data"].shape)
+        num_classes = trainer.label_manager.num_segmentation_heads
+        net = trainer.network
+        try:  # denoisers take (image + noisy mask, t); nnU-Net's segmenters take the image
+            fwd = count_flops(net, (data_shape[0], data_shape[1] + num_classes, *data_shape[2:]), (data_shape[0],),
+                              device=device, dtypes=(torch.float32, torch.long))
+        except TypeError:
+            fwd = count_flops(net, data_shape, device=device)
+        flops_per_step = 3 * fwd
+        for _ in range(args.warmup):
+            trainer.train_step(next(loader))
+        rows = []
+        # the step first, while the augmentation workers' queue is full and they are idle (on a CPU they share
+        # the cores with the step)
+        reset_peak_memory(device)
+        step_s = [_timed(lambda: trainer.train_step(batch), device)[1] for _ in range(args.iterations)]
+        rows.append(_phase("step only (cached batch)", [], step_s, data_shape[0], flops_per_step, device))
+        data_s, step_s = [], []
+        for _ in range(args.iterations):
+            b, dt = _timed(lambda: next(loader), device)
+            data_s.append(dt)
+            step_s.append(_timed(lambda: trainer.train_step(b), device)[1])
+        rows.append(_phase("loop (data + step)", data_s, step_s, data_shape[0], flops_per_step, device))
+        for _ in range(args.drain):  # empty the prefetch queue: what follows is the pipeline's own rate
+            next(loader)
+        data_s = [_timed(lambda: next(loader), device)[1] for _ in range(args.iterations)]
+        rows.append(_phase("data only (queue drained)", data_s, [], data_shape[0], flops_per_step, device))
+    finally:
+        trainer.on_train_end()
+        shutil.rmtree(results, ignore_errors=True)
+    payload = {"device": device_name(device), "bf16_peak_flops": bf16_peak_flops(device), "torch": torch.__version__,
+               "trainer": args.tr, "configuration": args.c, "batch_shape": data_shape,
+               "nnUNet_n_proc_DA": get_allowed_n_proc_DA(), "forward_gflop": fwd / 1e9, "args": vars(args),
+               "rows": rows}
+    if args.json:
+        write_json(args.json, payload)
+    print(f"{args.tr} {args.c} on {payload['device']}: batch {data_shape}, {fwd / 1e9:.2f} GFLOP forward "
+          f"(x3 per step), nnUNet_n_proc_DA={payload['nnUNet_n_proc_DA']}")
+    print(format_table(rows, COLUMNS))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
