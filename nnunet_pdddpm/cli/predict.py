@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--soft_preseg", action="store_true",
                    help="Encode the pre-segmenter's probabilities (2p-1) instead of its argmax (paper: argmax).")
     d.add_argument("--max_batch_size", type=int, default=16, help="Samples (patches x members) per network call.")
+    d.add_argument("--memory_budget_gb", type=float, default=None,
+                   help="Cap the batch further from an estimate of activation memory per sample (GPU).")
+    d.add_argument("--channels_last", action="store_true", help="Channels-last memory format for the denoiser.")
+    d.add_argument("--compile", action="store_true",
+                   help="torch.compile the fixed-shape denoiser call (CUDA graphs on a GPU; compiling takes ~30-60 s).")
     return p
 
 
@@ -146,7 +151,8 @@ def make_predictor(args: argparse.Namespace):
         sampler=s.sampler if args.sampler is None else args.sampler,
         steps=(s.steps if args.sampler is None else None) if args.steps is None else args.steps,
         seed=args.seed, vanilla=args.vanilla, uncertainty=args.uncertainty,
-        soft_pre_segmentation=args.soft_preseg, max_batch_size=args.max_batch_size)
+        soft_pre_segmentation=args.soft_preseg, max_batch_size=args.max_batch_size,
+        memory_budget_gb=args.memory_budget_gb, channels_last=args.channels_last, compile_denoiser=args.compile)
     predictor.sampling.validate(predictor.diffusion_config.num_train_timesteps)
     predictor.uncertainty_folder = args.o_uncertainty
     if not args.vanilla:

@@ -8,7 +8,9 @@ resampling and export are reused. The pre-segmentation comes from a ``ModelPreSe
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from os.path import basename, isdir, isfile, join
 
 import numpy as np
@@ -17,6 +19,7 @@ from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from batchgenerators.utilities.file_and_folder_operations import load_json, maybe_mkdir_p
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+from nnunetv2.utilities.helpers import empty_cache
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 from tqdm import tqdm
@@ -152,12 +155,7 @@ class PDDDPMPredictor(nnUNetPredictor):
                                     dtype=torch.float32) if self.use_gaussian else torch.ones(patch, device=results)
         t_prime = self.sampling.effective_t_prime(self.diffusion_config.num_train_timesteps)
         self.last_nfe = number_of_evaluations(len(slicers), len(self.networks), self.sampling, t_prime)
-        with tqdm(total=self.last_nfe, desc=f"sampling {case_key or ''}".strip(), unit="eval", leave=False,
-                  disable=not self.allow_tqdm) as bar:
-            denoisers = self.denoiser_cache.get(self.networks, self._autocast, self.sampling.channels_last,
-                                                self.sampling.compile_denoiser)
-            result = sample_case(denoisers, padded, x0_pre, slicers, gaussian, self.sampling,
-                                 self.diffusion_config, case_key, results, self._autocast, bar.update)
+        result = self._sample_with_oom_fallback(padded, x0_pre, slicers, gaussian, case_key, results)
         probs = result.probabilities[(slice(None), *revert[1:])].cpu()
         if self.sampling.uncertainty == "none":
             unc = None
@@ -166,6 +164,27 @@ class PDDDPMPredictor(nnUNetPredictor):
         else:
             unc = result.uncertainty[tuple(revert[1:])].cpu()
         return CaseResult(probs, unc)
+
+    def _sample_with_oom_fallback(self, padded, x0_pre, slicers, gaussian, case_key, results) -> CaseResult:
+        """Sample; on device out-of-memory retry with half the batch (results do not depend on the batch layout)."""
+        settings = self.sampling
+        while True:
+            try:
+                with tqdm(total=self.last_nfe, desc=f"sampling {case_key or ''}".strip(), unit="eval",
+                          leave=False, disable=not self.allow_tqdm) as bar:
+                    denoisers = self.denoiser_cache.get(self.networks, self._autocast, settings.channels_last,
+                                                        settings.compile_denoiser)
+                    return sample_case(denoisers, padded, x0_pre, slicers, gaussian, settings,
+                                       self.diffusion_config, case_key, results, self._autocast, bar.update)
+            except torch.OutOfMemoryError:
+                if settings.max_batch_size == 1:
+                    raise PDDDPMUserError(f"Case {case_key} does not fit in device memory even one sample at a "
+                                          f"time; use -device cpu or a configuration with a smaller patch.") from None
+                settings = replace(settings, max_batch_size=max(1, settings.max_batch_size // 2),
+                                   memory_budget_gb=None)
+                warnings.warn(f"Out of device memory while sampling {case_key}; retrying with "
+                              f"--max_batch_size {settings.max_batch_size}.", stacklevel=2)
+                empty_cache(self.device)
 
     def _autocast(self):
         if self.device.type == "cuda":

@@ -5,6 +5,7 @@ import torch
 from conftest import model_folder, nnunet_env
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
+from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter
 from nnunet_pdddpm.inference.predictor import PDDDPMPredictor
 from nnunet_pdddpm.inference.settings import SamplingSettings
@@ -118,3 +119,21 @@ def test_entropy_uncertainty_is_predictive_entropy(env, pre_segmenter, case):
     r = make_predictor(env, pre_segmenter, uncertainty="entropy").predict_case(data, props, "case_003")
     p = r.probabilities
     torch.testing.assert_close(r.uncertainty, -(p * p.clamp_min(1e-8).log()).sum(0))
+
+
+def test_out_of_memory_falls_back_to_smaller_batches(env, pre_segmenter, case):
+    data, props = case
+    reference = make_predictor(env, pre_segmenter, max_batch_size=2).predict_case(data, props, "case_003")
+    p = make_predictor(env, pre_segmenter, max_batch_size=16)
+
+    def fail_on_big_batches(module, args):
+        if args[0].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    p.networks[0].register_forward_pre_hook(fail_on_big_batches)
+    with pytest.warns(UserWarning, match="retrying with --max_batch_size 4"):
+        result = p.predict_case(data, props, "case_003")
+    torch.testing.assert_close(result.probabilities, reference.probabilities, atol=1e-5, rtol=0)
+    p.networks[0].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    with pytest.raises(PDDDPMUserError, match="does not fit in device memory"):
+        p.predict_case(data, props, "case_003")
