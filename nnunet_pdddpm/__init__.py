@@ -31,10 +31,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'nnunet_pdddpm' has no attribute {name!r}")
 
 
-__all__ = [  # noqa: F822  (resolved lazily by __getattr__)
-    "PDDDPMAttUNetTrainer",
-    "PDDDPMAttUNetTrainer_tiny",
-    "PDDDPMTrainer",
-    "PDDDPMTrainer_tiny",
-    "PDDDPMTrainer_w128",
-]
+# the main classes; every name in nnunet_pdddpm.trainers.__all__ (short variants too) resolves lazily
+__all__ = ["PDDDPMAttUNetTrainer", "PDDDPMTrainer"]  # noqa: F822  (resolved by __getattr__)
