@@ -27,8 +27,14 @@ def atomic_path(target: str | os.PathLike) -> Iterator[str]:
     """
     target = Path(target)
     partial = target.parent / PARTIAL_FOLDER
-    partial.mkdir(parents=True, exist_ok=True)
     tmp = partial / f"{uuid.uuid4().hex}_{target.name}"
+    while True:  # another writer may remove the (then empty) folder between our mkdir and our file
+        partial.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.touch(exist_ok=False)  # a non-empty folder cannot be removed by others
+            break
+        except FileNotFoundError:
+            continue
     try:
         yield str(tmp)
         os.replace(tmp, target)

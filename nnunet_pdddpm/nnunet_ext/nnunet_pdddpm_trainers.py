@@ -7,8 +7,12 @@ this list equal to ``nnunet_pdddpm.trainers.__all__`` (a test checks it).
 """
 from nnunet_pdddpm.trainers import (  # noqa: F401
     PDDDPMAttUNetTrainer,
+    PDDDPMAttUNetTrainer_demoCPU,
+    PDDDPMAttUNetTrainer_demoGPU,
     PDDDPMAttUNetTrainer_tiny,
     PDDDPMTrainer,
+    PDDDPMTrainer_demoCPU,
+    PDDDPMTrainer_demoGPU,
     PDDDPMTrainer_tiny,
     PDDDPMTrainer_w128,
 )

@@ -62,3 +62,20 @@ def test_ema_warmup_and_update():
     other = EMA(torch.nn.Linear(2, 1, bias=False))
     other.load_state_dict(state)
     assert other.num_updates == 2 and torch.equal(other.shadow.weight, ema.shadow.weight)
+
+
+def test_concurrent_atomic_writers_do_not_remove_each_others_folder(tmp_path):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nnunet_pdddpm.io_utils import atomic_path
+
+    def write(i):
+        with atomic_path(tmp_path / f"f{i}.txt") as tmp:
+            time.sleep(0.002)  # a writer that computes before it opens the file (SimpleITK, np.savez)
+            with open(tmp, "w") as f:
+                f.write(str(i))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(400)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"f{i}.txt" for i in range(400))

@@ -1,0 +1,62 @@
+"""``nnunet_pdddpm_demo``: PD-DDPM end to end on synthetic data, from nothing to a table and figures.
+
+Thin layer: parse, check, call :func:`nnunet_pdddpm.demo.pipeline.run_demo`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnunet_pdddpm_demo",
+        description="Run PD-DDPM end to end without any download: make a synthetic white-matter-hyperintensity "
+                    "dataset, plan and preprocess it with nnU-Net, train the attention U-Net pre-segmenter and the "
+                    "diffusion denoiser with nnUNetv2_train, segment the test cases with the pre-segmenter alone, "
+                    "vanilla DDPM and PD-DDPM, and print one table (Dice, HD95, Jaccard, lesion F1, network "
+                    "evaluations and seconds per case), also written as JSON/CSV with PNG figures. Run it again "
+                    "in the same folder to reuse every finished step.")
+    parser.add_argument("-o", "--output", default="pdddpm_demo",
+                        help="Work folder holding nnUNet_raw, nnUNet_preprocessed, nnUNet_results, predictions/, "
+                             "evaluation/, logs/ and report/ (default: ./pdddpm_demo). The demo sets nnU-Net's "
+                             "environment variables for its own commands; yours are not used.")
+    parser.add_argument("--profile", choices=("cpu", "gpu", "tiny"), default=None,
+                        help="cpu: about 15 minutes on two CPU cores (reduced data, short training, DDIM with few "
+                             "steps). gpu: close to the paper (full-size data, longer training, T'=300, ensemble "
+                             "5, DDPM); hours. tiny: for tests only. Default: gpu if a CUDA GPU is available, "
+                             "else cpu.")
+    parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None,
+                        help="Device for training and inference (default: cuda for the gpu profile, else cpu).")
+    parser.add_argument("-np", "--num_processes", type=int, default=None,
+                        help="Worker processes for nnU-Net's preprocessing, data augmentation and export "
+                             "(default: half the CPU cores, 1 to 8).")
+    parser.add_argument("--figures", type=int, default=3, help="Test cases to draw (default: 3).")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    profile = args.profile or ("gpu" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise PDDDPMUserError("-device cuda was requested but no CUDA GPU is available; pass -device cpu.")
+    if profile == "gpu" and args.device is None and not torch.cuda.is_available():
+        raise PDDDPMUserError("The gpu profile needs a CUDA GPU; use --profile cpu (or pass -device cpu to run it "
+                              "slowly on the CPU).")
+    num_processes = args.num_processes or max(1, min(8, (os.cpu_count() or 2) // 2))
+    if num_processes < 1:
+        raise PDDDPMUserError(f"-np must be at least 1, got {num_processes}.")
+    if args.figures < 0:
+        raise PDDDPMUserError(f"--figures must be at least 0, got {args.figures}.")
+    from nnunet_pdddpm.demo.pipeline import run_demo
+
+    run_demo(args.output, profile, args.device, num_processes, args.figures)
+
+
+if __name__ == "__main__":
+    main()
