@@ -56,3 +56,27 @@ def test_bad_cases_are_named_in_one_sentence(tmp_path, problem, message):
 
 def test_2d_images_are_fine_for_a_2d_configuration(tmp_path):
     check([_write(tmp_path / "c_0000.nii.gz", _ok()[0])], ndim=2)
+
+
+def _model(dataset="Dataset001_A", labels=None, channels=None, spacing=(1.0, 1.0), transpose=(0, 1, 2)):
+    from types import SimpleNamespace
+
+    pm = SimpleNamespace(dataset_name=dataset, transpose_forward=list(transpose))
+    cm = SimpleNamespace(spacing=list(spacing), normalization_schemes=["ZScoreNormalization"])
+    dj = {"labels": labels or {"background": 0, "wmh": 1}, "channel_names": channels or {"0": "FLAIR"}}
+    return pm, cm, dj
+
+
+@pytest.mark.parametrize("other, problem", [
+    (dict(dataset="Dataset002_B"), "dataset Dataset002_B vs Dataset001_A"),
+    (dict(labels={"background": 0, "wmh": 1, "other": 2}), "labels"),
+    (dict(channels={"0": "FLAIR", "1": "T1"}), "channels"),
+    (dict(spacing=(1.0, 1.0, 3.0)), "target spacing"),
+    (dict(transpose=(2, 0, 1)), "axis order"),
+])
+def test_pre_segmenter_from_another_model_is_refused(other, problem):
+    from nnunet_pdddpm.inference.pre_segmentation import check_compatible
+
+    check_compatible(*_model(), *_model(), "pre-segmentation model")  # identical: fine
+    with pytest.raises(PDDDPMUserError, match=f"The pre-segmentation model does not match the denoiser .*{problem}"):
+        check_compatible(*_model(), *_model(**other), "pre-segmentation model")
