@@ -28,7 +28,7 @@ from nnunet_pdddpm.diffusion import DiffusionConfig, encode_probabilities, hard_
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.compiled import DenoiserCache
 from nnunet_pdddpm.inference.ensemble_sampling import CaseResult, number_of_evaluations, sample_case
-from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case
+from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case, uncertainty_to_original_geometry
 from nnunet_pdddpm.inference.input_checks import check_case_files
 from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter, _checked_folds, check_compatible
 from nnunet_pdddpm.inference.settings import SamplingSettings
@@ -267,7 +267,11 @@ class PDDDPMPredictor(nnUNetPredictor):
     def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,
                                  segmentation_previous_stage: np.ndarray = None, output_file_truncated: str = None,
                                  save_or_return_probabilities: bool = False):
-        """One image (C, *shape) in nnU-Net's axis order -> files, or (segmentation, probabilities, uncertainty)."""
+        """One image (C, *shape) in nnU-Net's axis order -> files, or (segmentation, probabilities, uncertainty).
+
+        The returned arrays are in the input's shape (cropping and resampling undone); ``uncertainty`` is
+        None with ``--uncertainty none``.
+        """
         from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
@@ -282,4 +286,7 @@ class PDDDPMPredictor(nnUNetPredictor):
         seg, probs = convert_predicted_logits_to_segmentation_with_correct_shape(
             result.probabilities.clamp_min(1e-8).log(), self.plans_manager, self.configuration_manager,
             self.label_manager, item["data_properties"], return_probabilities=True)
-        return seg, probs, result.uncertainty
+        unc = None if result.uncertainty is None else uncertainty_to_original_geometry(
+            result.uncertainty, item["data_properties"], self.plans_manager, self.configuration_manager,
+            self.label_manager)
+        return seg, probs, unc

@@ -137,3 +137,14 @@ def test_out_of_memory_falls_back_to_smaller_batches(env, pre_segmenter, case):
     p.networks[0].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
     with pytest.raises(PDDDPMUserError, match="does not fit in device memory"):
         p.predict_case(data, props, "case_003")
+
+
+def test_predict_single_npy_array_returns_maps_in_the_input_shape(env, pre_segmenter):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    image_file = env / "raw" / "Dataset991_Tiny" / "imagesTs" / "case_008_0000.nii.gz"
+    image, props = SimpleITKIO().read_images([str(image_file)])
+    p = make_predictor(env, pre_segmenter, ensemble_size=3, t_prime=300, sampler="ddpm", steps=10)
+    seg, probs, unc = p.predict_single_npy_array(image, props)
+    assert seg.shape == image.shape[1:] and unc.shape == image.shape[1:] and probs.shape == (2, *image.shape[1:])
+    assert np.array_equal(seg, probs.argmax(0)) and unc.dtype == np.float32 and unc.min() >= 0 and unc.max() > 0
