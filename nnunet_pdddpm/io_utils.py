@@ -53,9 +53,3 @@ def write_json_atomic(obj: Any, target: str | os.PathLike, indent: int = 2) -> N
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=indent, sort_keys=False)
 
-
-def write_text_atomic(text: str, target: str | os.PathLike) -> None:
-    """Write ``text`` to ``target`` atomically."""
-    with atomic_path(target) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)

@@ -8,7 +8,6 @@ preprocessed space.
 """
 from __future__ import annotations
 
-import os
 from os.path import isdir, isfile, join
 
 import numpy as np
@@ -149,11 +148,3 @@ def _labels(dataset_json: dict) -> dict:
 def _channels(dataset_json: dict) -> dict:
     return {str(k): v for k, v in dataset_json.get("channel_names", dataset_json.get("modality", {})).items()}
 
-
-def default_results_folder(dataset_name: str, trainer: str, plans: str, configuration: str) -> str:
-    """``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>``."""
-    from nnunetv2.paths import nnUNet_results
-
-    if not nnUNet_results.is_set():
-        raise PDDDPMUserError("The environment variable nnUNet_results is not set; export it to your results folder.")
-    return join(os.fspath(nnUNet_results.get()), dataset_name, f"{trainer}__{plans}__{configuration}")
