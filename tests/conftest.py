@@ -63,3 +63,19 @@ def trained(nnunet_root) -> Path:
 
 def model_folder(root: Path, trainer: str, configuration: str = "2d") -> Path:
     return root / "results" / DATASET / f"{trainer}__nnUNetPlans__{configuration}"
+
+
+def make_trainer(root: Path, trainer_class, monkeypatch, configuration: str = "2d"):
+    """An initialised trainer of ``trainer_class`` on the CPU, fold 0 of the preprocessed tiny dataset."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    for k, v in nnunet_env(root).items():
+        if k.startswith("nnUNet"):
+            monkeypatch.setenv(k, v)
+    pre = root / "preprocessed" / DATASET
+    plans = load_json(pre / "nnUNetPlans.json")
+    plans["continue_training"] = False  # nnU-Net's run_training sets this key; the constructor pops it
+    trainer = trainer_class(plans, configuration, 0, load_json(pre / "dataset.json"), torch.device("cpu"))
+    trainer.initialize()
+    return trainer

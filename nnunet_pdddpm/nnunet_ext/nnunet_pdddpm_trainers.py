@@ -11,6 +11,7 @@ from nnunet_pdddpm.trainers import (  # noqa: F401
     PDDDPMAttUNetTrainer_demoGPU,
     PDDDPMAttUNetTrainer_tiny,
     PDDDPMTrainer,
+    PDDDPMTrainer_4draws,
     PDDDPMTrainer_demoCPU,
     PDDDPMTrainer_demoGPU,
     PDDDPMTrainer_tiny,

@@ -1,10 +1,14 @@
 """``PDDDPMTrainer``: the conditional DDPM denoiser of PD-DDPM, trained inside nnU-Net.
 
 Everything nnU-Net does stays (plans, folds, preprocessing, data loading and augmentation,
-logging, checkpoints, ``--c``, ``-device``, ``-num_gpus``); what changes is the network (a
-time-conditioned U-Net fed with image channels + the noisy one-hot mask), the loss (MSE on the
-model target at uniform timesteps), the optimiser (the paper's Adam), bf16 autocast instead of
-fp16 + grad scaling, an EMA of the weights, and validation.
+logging, checkpoints, ``--c``, ``-device``, ``-num_gpus``, ``torch.compile`` on CUDA); what changes
+is the network (a time-conditioned U-Net fed with image channels + the noisy one-hot mask), the loss
+(MSE on the model target at uniform timesteps), the optimiser (the paper's Adam, fused), bf16 autocast
+instead of fp16 + grad scaling, an EMA of the weights, and validation.
+
+The training step never waits for the device: a non-finite step is skipped by a device-side flag
+(``update_guard.py``) and losses are fetched once per epoch. ``noise_draws_per_image`` > 1 trains
+each augmented image at several (t, noise) draws, for GPUs that nnU-Net's CPU augmentation cannot feed.
 
 Every setting that inference or validation needs is a class attribute, so a short subclass
 changes a run (see ``variants.py``), and everything is stored in the checkpoint under
@@ -39,6 +43,7 @@ from nnunet_pdddpm.errors import PDDDPMUserError, install_excepthook
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs, denoiser_kwargs_from_plans
 from nnunet_pdddpm.trainers.checkpointing import load_checkpoint_safe, save_checkpoint_atomic
 from nnunet_pdddpm.trainers.ema import EMA
+from nnunet_pdddpm.trainers.update_guard import NonFiniteMonitor, make_adam, step_unless
 
 install_excepthook()
 
@@ -58,6 +63,10 @@ class PDDDPMTrainer(nnUNetTrainer):
     sampling_steps: int | None = None  # None: every step from T' to 0
     # pre-segmenters searched for the final validation, in this order (same dataset, plans, configuration, fold)
     pre_segmenter_trainers: tuple[str, ...] = ("PDDDPMAttUNetTrainer", "nnUNetTrainer")
+    # --- throughput ---
+    # (t, noise) draws per augmented image; the loader's batch shrinks by this factor so the network's batch
+    # (images x draws) stays at most the plan's, and augmentation work per step falls by it
+    noise_draws_per_image: int = 1
     # --- numerical safety ---
     max_consecutive_nonfinite: int = 20
 
@@ -70,7 +79,8 @@ class PDDDPMTrainer(nnUNetTrainer):
         # bf16 autocast on CUDA needs no loss scaling
         self.grad_scaler = None
         self.ema: EMA | None = None
-        self._nonfinite_in_a_row = 0
+        self.nonfinite = NonFiniteMonitor(lambda: self.max_consecutive_nonfinite, self.print_to_log_file)
+        self.draws_per_image = 1  # set with the batch size
         self._check_supported_labels()
 
     # ---------------------------------------------------------------- set-up
@@ -124,8 +134,20 @@ class PDDDPMTrainer(nnUNetTrainer):
         mod = self.network.module if self.is_ddp else self.network
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
+    def _set_batch_size_and_oversample(self) -> None:
+        """nnU-Net's (per-GPU) batch, divided between images and ``noise_draws_per_image`` draws of each."""
+        super()._set_batch_size_and_oversample()
+        if self.noise_draws_per_image < 1:
+            raise PDDDPMUserError(f"noise_draws_per_image must be >= 1, got {self.noise_draws_per_image}.")
+        network_batch = self.batch_size
+        self.batch_size = max(1, network_batch // self.noise_draws_per_image)
+        self.draws_per_image = max(1, network_batch // self.batch_size)
+        if self.draws_per_image > 1:
+            self.print_to_log_file(f"{self.batch_size} augmented images per step, each at {self.draws_per_image} "
+                                   f"(t, noise) draws: network batch {self.batch_size * self.draws_per_image}")
+
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        optimizer = make_adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
         # the paper trains at a constant learning rate; exponent 0 keeps nnU-Net's scheduler interface
         lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.0)
         return optimizer, lr_scheduler
@@ -150,6 +172,9 @@ class PDDDPMTrainer(nnUNetTrainer):
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
+        if self.draws_per_image > 1:
+            data = data.repeat_interleave(self.draws_per_image, 0)
+            target = target.repeat_interleave(self.draws_per_image, 0)
         b = data.shape[0]
         timesteps = torch.randint(0, self.diffusion_config.num_train_timesteps, (b,), device=self.device)
         x0, noise, x_t = self._noisy_input(data, target, timesteps)
@@ -159,27 +184,23 @@ class PDDDPMTrainer(nnUNetTrainer):
         with self._autocast():
             output = self.network(torch.cat((data, x_t), 1), timesteps)
         loss = F.mse_loss(output.float(), goal)
-        if not torch.isfinite(loss):
-            return self._skip_nonfinite_step(loss)
-        self._nonfinite_in_a_row = 0
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
-        self.optimizer.step()
-        self.ema.update(self._bare_network())
-        return {"loss": loss.detach().cpu().numpy()}
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
+        # NaN/inf in the loss or any gradient: skip the update (weights, Adam state, EMA), decided on the device
+        skipped = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        step_unless(self.optimizer, skipped)
+        self.ema.update(self._bare_network(), skip=skipped)
+        self.nonfinite.record(skipped, loss)
+        return {"loss": loss.detach()}
 
-    def _skip_nonfinite_step(self, loss: torch.Tensor) -> dict:
-        """Skip an update whose loss is NaN/inf (weights and EMA untouched); stop if it keeps happening."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self._nonfinite_in_a_row += 1
-        self.print_to_log_file(f"WARNING: non-finite loss ({loss.item()}); step skipped "
-                               f"({self._nonfinite_in_a_row} in a row).")
-        if self._nonfinite_in_a_row >= self.max_consecutive_nonfinite:
-            raise PDDDPMUserError(
-                f"Training stopped: the loss was non-finite in {self._nonfinite_in_a_row} consecutive steps; check "
-                f"the input images for NaN/inf voxels or lower the learning rate (initial_lr={self.initial_lr})."
-            )
-        return {"loss": np.array(np.nan)}
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        """One device-to-host copy of the epoch's losses; the mean is over the steps that were not skipped."""
+        self.nonfinite.flush()
+        losses = torch.stack([torch.as_tensor(o["loss"], device=self.device).float() for o in train_outputs])
+        losses = losses.cpu().numpy()
+        finite = losses[np.isfinite(losses)]
+        mean = np.array(finite.mean() if finite.size else np.nan)
+        super().on_train_epoch_end([{"loss": mean}])
 
     # ---------------------------------------------------------------- per-epoch validation
     def validation_step(self, batch: dict) -> dict:

@@ -3,7 +3,8 @@
 ``_tiny`` variants are for tests and quick checks on a CPU (a few iterations, a narrow denoiser,
 short validation sampling); ``_demoCPU`` variants train the CPU profile of ``nnunet_pdddpm_demo``
 (minutes on two cores, narrow networks); ``_demoGPU`` variants its GPU profile (the paper's
-sampling settings, a few hours of training); ``_w128`` is the paper's denoiser width.
+sampling settings, a few hours of training); ``_w128`` is the paper's denoiser width; ``_4draws``
+trains each augmented image at four noise draws.
 """
 from __future__ import annotations
 
@@ -46,6 +47,15 @@ class PDDDPMAttUNetTrainer_tiny(PDDDPMAttUNetTrainer):
 
 class PDDDPMTrainer_w128(PDDDPMTrainer):
     base_features = 128
+
+
+class PDDDPMTrainer_4draws(PDDDPMTrainer):
+    """Each augmented image at 4 (t, noise) draws: a quarter of the augmentation work per step.
+
+    For GPUs that nnU-Net's CPU augmentation cannot keep busy (``benchmark_training``'s busy %).
+    """
+
+    noise_draws_per_image = 4
 
 
 class PDDDPMTrainer_demoCPU(PDDDPMTrainer):
