@@ -80,10 +80,8 @@ def run_demo(workdir: str | os.PathLike = "pdddpm_demo", profile: str | DemoRunP
     print(f"PD-DDPM demo, profile '{profile.name}' on {device}, in {paths.workdir}", flush=True)
     _stage(1, "demo dataset (synthetic FLAIR + T1 with white-matter hyperintensities)")
     t = time.perf_counter()
-    # one process: parallel writers race on io_utils.atomic_path's shared partial folder (it is removed when
-    # one writer finishes while another is about to write into it)
     make_demo_dataset(paths.raw, profile.dataset, dataset_id=profile.dataset_id,
-                      dataset_name=profile.dataset_name, num_processes=1)
+                      dataset_name=profile.dataset_name, num_processes=num_processes)
     record("dataset", time.perf_counter() - t)
 
     _stage(2, f"nnU-Net planning and preprocessing ({profile.configuration})")
