@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="Few steps (3 for ddpm/vanilla, 2 and 3 for ddim/dpm++), ensemble 2; with --synthetic a tiny "
                         "network: for CPU checks.")
-    p.add_argument("--preset", choices=("paper", "quick"), default=None,
-                   help="Synthetic network size (default: quick with --quick, else paper).")
+    p.add_argument("--preset", choices=("paper", "quick", "wmh"), default=None,
+                   help="Synthetic network and case (default: quick with --quick, else paper; wmh: the default "
+                        "trainer's denoiser on a 200x240x56 scan, 56 patches).")
     p.add_argument("--variants", default=",".join(VARIANT_KEYS), help=f"Subset of {','.join(VARIANT_KEYS)}.")
     p.add_argument("--ablation", action="store_true", help="Add PD-DDPM rows for each sampling path.")
     p.add_argument("--batch_sizes", default="", help="With --ablation: extra batch sizes, e.g. 5,40,80.")

@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--drain", type=int, default=12, help="Batches popped untimed before 'data only'.")
+    p.add_argument("--drain", type=int, default=None,
+                   help="Batches popped untimed before 'data only' (default: 2 x nnUNet_n_proc_DA + 10, more than "
+                        "the workers and nnU-Net's queue hold).")
     p.add_argument("--draws", type=int, default=None,
                    help="noise_draws_per_image (default: the trainer's); the loader's batch shrinks by it.")
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
         _, wall = _timed(lambda: [trainer.train_step(next(loader)) for _ in range(args.iterations)], device)
         rows.append(_phase("loop (as run_training)", [], [], net_batch, flops_per_step, device, wall=wall,
                            steps=args.iterations, busy_s=args.iterations * step_only, images=data_shape[0]))
-        for _ in range(args.drain):  # empty the prefetch queue: what follows is the pipeline's own rate
+        drain = 2 * get_allowed_n_proc_DA() + 10 if args.drain is None else args.drain
+        for _ in range(drain):  # empty the prefetch queue: what follows is the pipeline's own rate
             next(loader)
         data_s = [_timed(lambda: next(loader), device)[1] for _ in range(args.iterations)]
         rows.append(_phase("data only (queue drained)", data_s, [], net_batch, flops_per_step, device,

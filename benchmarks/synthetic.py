@@ -17,9 +17,15 @@ from torch import nn
 from nnunet_pdddpm.networks.from_plans import build_attention_unet, build_denoiser
 
 PRESETS = {
-    # patch, plans' features, denoiser base / max features, case shape (slices, y, x)
-    "paper": dict(patch=[128, 192], features=[32, 64, 128, 256, 512], base=128, max=512, case=(1, 192, 288)),
-    "quick": dict(patch=[32, 48], features=[8, 16, 32], base=None, max=None, case=(1, 48, 72)),
+    # patch, plans' features, denoiser base / max features (None: the plan's), self-attention stages,
+    # case shape (slices, y, x)
+    "paper": dict(patch=[128, 192], features=[32, 64, 128, 256, 512], base=128, max=512, attention=2,
+                  case=(1, 192, 288)),
+    "quick": dict(patch=[32, 48], features=[8, 16, 32], base=None, max=None, attention=2, case=(1, 48, 72)),
+    # a WMH-sized scan (200x240x56 at 1x1x3 mm) with the default PDDDPMTrainer (plan widths, attention at the
+    # coarsest stage) on the 2d configuration nnU-Net plans for it: one 224x256 patch per slice
+    "wmh": dict(patch=[224, 256], features=[32, 64, 128, 256, 512, 512], base=None, max=None, attention=1,
+                case=(56, 200, 240)),
 }
 NUM_IMAGE_CHANNELS = 2
 LABELS = {"background": 0, "lesion": 1}
@@ -80,7 +86,7 @@ def synthetic_denoiser(preset: str, cm: ConfigurationManager, seed: int = 0) -> 
     p = PRESETS[preset]
     torch.manual_seed(seed)
     net = build_denoiser(cm, NUM_IMAGE_CHANNELS, len(LABELS), base_features=p["base"], max_features=p["max"],
-                         attention_stages=2, num_heads=1)
+                         attention_stages=p["attention"], num_heads=1)
     return randomize_zero_layers_(net, seed).eval()
 
 

@@ -65,3 +65,20 @@ def test_dataset_mode_on_the_tiny_trained_models(trained, tmp_path):
         assert 0 <= row["dice"] <= 1 and row["seconds_per_case"] > 0
     # one 40x40 patch per slice, 10 slices, 2 members, 3 steps
     assert rows["PD-DDPM T'=300 x2 ddpm (3 steps)"]["nfe_per_case"] == 10 * 2 * 3
+
+
+def test_wmh_preset_is_the_default_trainer_on_a_wmh_sized_scan():
+    """The ``wmh`` preset measures what a user gets: PDDDPMTrainer's denoiser, one patch per 200x240 slice."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    from benchmarks.synthetic import NUM_IMAGE_CHANNELS, PRESETS, synthetic_denoiser, synthetic_plans
+    from nnunet_pdddpm import PDDDPMTrainer
+
+    pm, cm, _ = synthetic_plans("wmh")
+    slices, *slice_shape = PRESETS["wmh"]["case"]
+    padded = [max(s, p) for s, p in zip(slice_shape, cm.patch_size)]
+    steps = compute_steps_for_sliding_window(padded, cm.patch_size, 0.5)
+    assert slices * len(steps[0]) * len(steps[1]) == 56
+    ours = synthetic_denoiser("wmh", cm)
+    default = PDDDPMTrainer.build_network_architecture(pm, cm, NUM_IMAGE_CHANNELS, 2)
+    assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in default.parameters()]
