@@ -120,7 +120,9 @@ class SelfAttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, *spatial = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, -1)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, N, C / heads]
+        # each [B, heads, N, C / heads]; CUDA's fused SDPA kernels refuse a head dimension whose stride is not 1
+        # (the transposed view's is N) and fall back to the math path that materialises N x N scores
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(1)
         h = F.scaled_dot_product_attention(q, k, v)
         h = h.transpose(-1, -2).reshape(b, c, *spatial)
         return x + self.proj(h)

@@ -211,6 +211,7 @@ def test_attention_uses_scaled_dot_product_attention(monkeypatch):
 
     def spy(q, k, v, *args, **kwargs):
         calls.append(q.shape)
+        assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1  # what the fused CUDA kernels require
         return original(q, k, v, *args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
