@@ -34,16 +34,15 @@ class EMA:
     def update(self, model: nn.Module, skip: torch.Tensor | None = None) -> None:
         """Move the shadow towards ``model``; a true 0-dim ``skip`` tensor leaves everything as it was."""
         weight = 1 - self.current_decay()
-        keep = None if skip is None else (~skip).to(weight.dtype)
-        if keep is not None:
-            weight = weight * keep
+        if skip is not None:
+            weight = weight * ~skip
         ema_params = list(self.shadow.parameters())
         delta = torch._foreach_sub([p.detach() for p in model.parameters()], ema_params)
         torch._foreach_mul_(delta, weight)
         torch._foreach_add_(ema_params, delta)  # = lerp(ema, p, weight)
         for b_ema, b in zip(self.shadow.buffers(), model.buffers()):
             b_ema.copy_(b if skip is None else torch.where(skip, b_ema, b))
-        self._count += 1 if keep is None else keep.to(torch.int64)
+        self._count += 1 if skip is None else (~skip).to(torch.int64)
 
     def state_dict(self) -> dict:
         return {"weights": self.shadow.state_dict(), "num_updates": self.num_updates, "decay": self.decay}

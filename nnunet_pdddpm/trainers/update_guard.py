@@ -54,9 +54,8 @@ class NonFiniteMonitor:
 
     def record(self, skipped: torch.Tensor, loss: torch.Tensor) -> None:
         """Keep this step's flag; account for the previous one (finished by now, so reading it is cheap)."""
-        previous, self._pending = self._pending, (skipped.detach(), loss.detach())
-        if previous is not None:
-            self._account(*previous)
+        self.flush()
+        self._pending = (skipped.detach(), loss.detach())
 
     def flush(self) -> None:
         """Account for the last recorded step (end of an epoch)."""

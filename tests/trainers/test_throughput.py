@@ -23,7 +23,6 @@ def _capture_inputs(network) -> list:
 
 
 def test_noise_draws_split_the_plan_batch_between_images_and_draws(nnunet_root, monkeypatch):
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     trainer = make_trainer(nnunet_root, _tiny(noise_draws_per_image=2), monkeypatch)
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # make_trainer set 1; the loader below runs in this process
     plan_batch = trainer.configuration_manager.batch_size
