@@ -44,7 +44,13 @@ def sampling_timesteps(t_prime: int, steps: int | None = None) -> list[int]:
 
 
 def make_sampler_scheduler(config: DiffusionConfig, sampler: str):
-    """A fresh diffusers scheduler for ``sampler`` (stateful, so one per reverse process)."""
+    """A fresh diffusers scheduler for ``sampler`` (stateful, so one per reverse process).
+
+    The x0 estimate is clipped to [-1, 1] by every sampler when ``config.clip_sample`` (the default): DDPM
+    through ``clip_sample``, the DPM-Solver samplers through ``thresholding`` with ``sample_max_value=1``
+    (the dynamic threshold is then exactly 1). Without it, the step from index 999 multiplies the model's
+    rounding error by sqrt((1 - alpha_bar) / alpha_bar), about 2e4 there, and sampling from noise fails.
+    """
     if sampler == "ddpm":
         return make_ddpm_scheduler(config)
     if sampler in ("ddim", "dpm++"):
@@ -54,7 +60,8 @@ def make_sampler_scheduler(config: DiffusionConfig, sampler: str):
             prediction_type=config.prediction_type,
             algorithm_type="dpmsolver++",
             solver_order=1 if sampler == "ddim" else 2,
-            thresholding=False,
+            thresholding=config.clip_sample,
+            sample_max_value=1.0,
             lower_order_final=True,
             final_sigmas_type="zero",
         )
