@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -47,9 +48,24 @@ def atomic_path(target: str | os.PathLike) -> Iterator[str]:
             partial.rmdir()  # only succeeds once no other writer uses it
 
 
-def write_json_atomic(obj: Any, target: str | os.PathLike, indent: int = 2) -> None:
-    """Write ``obj`` as JSON to ``target`` atomically (NaN is written as NaN, like nnU-Net)."""
+def write_json_atomic(obj: Any, target: str | os.PathLike, indent: int = 2, strict: bool = False) -> None:
+    """Write ``obj`` as JSON to ``target`` atomically.
+
+    NaN is written as NaN, like nnU-Net's summaries; ``strict=True`` writes standard JSON instead, with
+    NaN and infinities as ``null`` (for reports that other tools parse).
+    """
     with atomic_path(target) as tmp:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=indent, sort_keys=False)
+            json.dump(_finite_or_none(obj) if strict else obj, f, indent=indent, sort_keys=False,
+                      allow_nan=not strict)
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
 

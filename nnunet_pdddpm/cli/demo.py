@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "evaluation/, logs/ and report/ (default: ./pdddpm_demo). The demo sets nnU-Net's "
                              "environment variables for its own commands; yours are not used.")
     parser.add_argument("--profile", choices=("cpu", "gpu", "tiny"), default=None,
-                        help="cpu: about 15 minutes on two CPU cores (reduced data, short training, DDIM with few "
+                        help="cpu: about 10 minutes on two CPU cores (reduced data, short training, DDIM with few "
                              "steps). gpu: close to the paper (full-size data, longer training, T'=300, ensemble "
                              "5, DDPM); hours. tiny: for tests only. Default: gpu if a CUDA GPU is available, "
                              "else cpu.")
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Worker processes for nnU-Net's preprocessing, data augmentation and export "
                              "(default: half the CPU cores, 1 to 8).")
     parser.add_argument("--figures", type=int, default=3, help="Test cases to draw (default: 3).")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of both trainings and of the sampling (default: 0); a work folder keeps the models "
+                             "of the seed it was made with.")
     return parser
 
 
@@ -55,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         raise PDDDPMUserError(f"--figures must be at least 0, got {args.figures}.")
     from nnunet_pdddpm.demo.pipeline import run_demo
 
-    run_demo(args.output, profile, args.device, num_processes, args.figures)
+    if not 0 <= args.seed < 2 ** 31:
+        raise PDDDPMUserError(f"--seed must lie in [0, 2**31), got {args.seed}.")
+    run_demo(args.output, profile, args.device, num_processes, args.figures, args.seed)
 
 
 if __name__ == "__main__":

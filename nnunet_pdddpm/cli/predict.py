@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Folder of CASE.npz files from nnUNetv2_predict --save_probabilities of any model; used "
                         "instead of a pre-segmentation model.")
     d = p.add_argument_group("sampling (defaults: the denoiser trainer's settings; PDDDPMTrainer: paper's)")
-    d.add_argument("--t_prime", type=int, default=None, help="T': steps of the reverse process (0..T). Paper: 300.")
+    d.add_argument("--t_prime", type=int, default=None,
+                   help="T': steps of the reverse process (0..T). Default: the T' the denoiser's final validation "
+                        "chose (fold_X/pdddpm_t_prime.json), else the trainer's (paper: 300).")
     d.add_argument("--ensemble", type=int, default=None, help="Samples per fold (paper: 5).")
     d.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="ddpm (ancestral, paper), ddim or dpm++ (deterministic, use with --steps).")
@@ -154,6 +156,9 @@ def make_predictor(args: argparse.Namespace):
         soft_pre_segmentation=args.soft_preseg, max_batch_size=args.max_batch_size,
         memory_budget_gb=args.memory_budget_gb, channels_last=args.channels_last, compile_denoiser=args.compile)
     predictor.sampling.validate(predictor.diffusion_config.num_train_timesteps)
+    if not args.vanilla:
+        source = "--t_prime" if args.t_prime is not None else predictor.t_prime_source
+        print(f"PD-DDPM with T'={predictor.sampling.t_prime} (from {source}).", flush=True)
     predictor.uncertainty_folder = args.o_uncertainty
     if not args.vanilla:
         if args.preseg_probabilities is not None:

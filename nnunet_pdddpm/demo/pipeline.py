@@ -31,9 +31,12 @@ from nnunet_pdddpm.experiments import table1
 from nnunet_pdddpm.experiments.common import describe
 from nnunet_pdddpm.experiments.report import format_table, write_rows
 from nnunet_pdddpm.io_utils import write_json_atomic
+from nnunet_pdddpm.trainers.seeding import SEED_VARIABLE
 
 NUM_STAGES = 7
 PLANS = "nnUNetPlans"
+COLUMNS = ("method", "dice", "hd95", "jaccard", "lesion_f1", "uncertainty_auroc", "mean_uncertainty", "nfe_per_case",
+           "seconds_per_case", "sampling")
 METHOD_FOLDERS = {"pre-segmenter": "pre_segmenter", "vanilla DDPM": "vanilla_ddpm", "PD-DDPM": "pd_ddpm"}
 
 
@@ -60,13 +63,17 @@ class DemoPaths:
 
 
 def run_demo(workdir: str | os.PathLike = "pdddpm_demo", profile: str | DemoRunProfile = "cpu",
-             device: str | None = None, num_processes: int = 1, num_figures: int = 3) -> dict:
-    """Run (or finish) the demo in ``workdir``; returns the report (also in ``workdir/report/results.json``)."""
+             device: str | None = None, num_processes: int = 1, num_figures: int = 3, seed: int = 0) -> dict:
+    """Run (or finish) the demo in ``workdir``; returns the report (also in ``workdir/report/results.json``).
+
+    ``seed`` seeds both trainings (``nnunet_pdddpm_seed``) and the sampling.
+    """
     start = time.perf_counter()
     profile = RUN_PROFILES[profile] if isinstance(profile, str) else profile
     device = device or profile.device
     paths = DemoPaths(Path(workdir).expanduser().resolve(), f"Dataset{profile.dataset_id:03d}_{profile.dataset_name}")
     env = nnunet_environment(paths.raw, paths.preprocessed, paths.results, num_processes, device)
+    env[SEED_VARIABLE] = str(seed)
     timings_file = paths.report / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     this_run: dict[str, float | None] = {}
@@ -77,7 +84,7 @@ def run_demo(workdir: str | os.PathLike = "pdddpm_demo", profile: str | DemoRunP
             timings[stage] = {"seconds": seconds, **extra}
             write_json_atomic(timings, timings_file)
 
-    print(f"PD-DDPM demo, profile '{profile.name}' on {device}, in {paths.workdir}", flush=True)
+    print(f"PD-DDPM demo, profile '{profile.name}' on {device}, seed {seed}, in {paths.workdir}", flush=True)
     _stage(1, "demo dataset (synthetic FLAIR + T1 with white-matter hyperintensities)")
     t = time.perf_counter()
     make_demo_dataset(paths.raw, profile.dataset, dataset_id=profile.dataset_id,
@@ -105,19 +112,21 @@ def run_demo(workdir: str | os.PathLike = "pdddpm_demo", profile: str | DemoRunP
 
     _stage(6, "vanilla DDPM and PD-DDPM on the test cases")
     t = time.perf_counter()
-    runner, settings, sampled = _diffusion_runs(paths, profile, device)
+    runner, settings, sampled = _diffusion_runs(paths, profile, device, seed)
     record("prediction diffusion", time.perf_counter() - t if sampled else None)
 
     _stage(7, "evaluation, table and figures")
-    rows = _rows(runner, settings, timings.get("prediction pre-segmenter", {}))
+    rows = _rows(runner, settings, timings.get("prediction pre-segmenter", {}), paths)
     report = _write_report(paths, profile, device, rows, runner, num_figures)
     wall = time.perf_counter() - start
-    report.update(wall_time_s=wall, stage_seconds_this_run=this_run,
+    summary = summary_line(rows, runner.predictor.t_prime_source)
+    report.update(wall_time_s=wall, stage_seconds_this_run=this_run, seed=seed, summary=summary,
                   stage_seconds={k: v["seconds"] for k, v in timings.items()})
-    write_json_atomic(report, paths.report / "results.json")
+    write_json_atomic(report, paths.report / "results.json", strict=True)
     print()
-    print(format_table(rows, table1.COLUMNS))
-    print(f"\n{profile.note}")
+    print(format_table(rows, COLUMNS))
+    print(f"\n{summary}")
+    print(f"{profile.note}")
     reused = [stage for stage, s in this_run.items() if s is None]
     print(f"\nReport: {paths.report / 'results.json'}, results.csv and figures/*.png")
     print(f"Wall time of this run: {_minutes(wall)}" + (f" (reused: {', '.join(reused)})" if reused else ""))
@@ -164,7 +173,7 @@ def _test_cases(paths: DemoPaths) -> list[str]:
 def _predict_pre_segmenter(paths: DemoPaths, profile: DemoRunProfile, device: str, num_processes: int,
                            env: dict) -> tuple[float | None, int]:
     out = paths.predictions(METHOD_FOLDERS["pre-segmenter"])
-    todo = [c for c in _test_cases(paths) if not (out / f"{c}.nii.gz").is_file()]
+    todo = [c for c in _test_cases(paths) if not (out / f"{c}.nii.gz").is_file() or not (out / f"{c}.npz").is_file()]
     if not todo:
         print("  every test case is predicted; skipped")
         return None, 0
@@ -172,11 +181,11 @@ def _predict_pre_segmenter(paths: DemoPaths, profile: DemoRunProfile, device: st
         ["nnUNetv2_predict", "-i", str(paths.images), "-o", str(out), "-d", str(profile.dataset_id),
          "-c", profile.configuration, "-tr", profile.pre_segmenter_trainer, "-f", str(profile.fold),
          "-device", device, "-npp", str(num_processes), "-nps", str(num_processes), "--continue_prediction",
-         "--disable_progress_bar"], env, paths.logs / "predict_pre_segmenter.log")
+         "--save_probabilities", "--disable_progress_bar"], env, paths.logs / "predict_pre_segmenter.log")
     return seconds, len(todo)
 
 
-def _diffusion_runs(paths: DemoPaths, profile: DemoRunProfile, device: str):
+def _diffusion_runs(paths: DemoPaths, profile: DemoRunProfile, device: str, seed: int):
     """Vanilla DDPM and PD-DDPM into ``predictions/``, resuming; returns the runner, both settings, and whether
     any case was sampled."""
     from nnunet_pdddpm.experiments.runner import ExperimentRunner, ModelSelection
@@ -186,19 +195,21 @@ def _diffusion_runs(paths: DemoPaths, profile: DemoRunProfile, device: str):
         pre_segmenter_folder=str(paths.model(profile.pre_segmenter_trainer, profile.configuration)),
         folds=(profile.fold,), device=device)
     runner = ExperimentRunner(models, paths.images, paths.labels, paths.workdir)
-    base = dataclasses.replace(runner.defaults, max_batch_size=profile.max_batch_size)
+    base = dataclasses.replace(runner.defaults, max_batch_size=profile.max_batch_size, seed=seed)
+    # t_prime None: the T' of the denoiser's validation sweep (runner.defaults), as nnunet_pdddpm_predict does
+    pd_ddpm = {k: v for k, v in profile.pd_ddpm.items() if not (k == "t_prime" and v is None)}
     settings = {"vanilla DDPM": dataclasses.replace(base, **profile.vanilla, vanilla=True),
-                "PD-DDPM": dataclasses.replace(base, **profile.pd_ddpm)}
+                "PD-DDPM": dataclasses.replace(base, **pd_ddpm)}
     common = ["-i", str(paths.images), "-d", str(profile.dataset_id), "-c", profile.configuration,
               "-tr", profile.denoiser_trainer, "-f", str(profile.fold), "-device", device]
     sampled = False
     for method, s in settings.items():
         s.validate(runner.predictor.diffusion_config.num_train_timesteps)
         sampled = sampled or bool(runner.pending_cases(METHOD_FOLDERS[method], s))
-        flags = ["--ensemble", str(s.ensemble_size), "--sampler", s.sampler]
+        flags = ["--ensemble", str(s.ensemble_size), "--sampler", s.sampler, "--seed", str(seed)]
         flags += ["--steps", str(s.steps)] if s.steps else []
-        flags += ["--vanilla"] if s.vanilla else ["-preseg_tr", profile.pre_segmenter_trainer,
-                                                   "--t_prime", str(s.t_prime)]
+        flags += ["--vanilla"] if s.vanilla else ["-preseg_tr", profile.pre_segmenter_trainer]
+        flags += ["--t_prime", str(s.t_prime)] if "t_prime" in pd_ddpm and not s.vanilla else []
         print(f"  {method} ({describe(s, runner.predictor.diffusion_config.num_train_timesteps)}); the same as:\n"
               f"  $ {shlex.join(['nnunet_pdddpm_predict', *common, '-o', 'OUT', *flags])}", flush=True)
         pre = None if s.vanilla else runner.pre_segmentation()
@@ -206,8 +217,9 @@ def _diffusion_runs(paths: DemoPaths, profile: DemoRunProfile, device: str):
     return runner, settings, sampled
 
 
-def _rows(runner, settings: dict, pre_timing: dict) -> list[dict]:
-    """One table row per method; the pre-segmenter's cost comes from nnUNetv2_predict's wall time."""
+def _rows(runner, settings: dict, pre_timing: dict, paths: DemoPaths) -> list[dict]:
+    """One table row per method; the pre-segmenter's cost comes from nnUNetv2_predict's wall time, and its
+    uncertainty map is its softmax's p(1 - p) (the baseline a user already has)."""
     T = runner.predictor.diffusion_config.num_train_timesteps
     rows = []
     for method, folder in METHOD_FOLDERS.items():
@@ -215,6 +227,7 @@ def _rows(runner, settings: dict, pre_timing: dict) -> list[dict]:
         row = {"method": method, **run.metrics, "nfe_per_case": run.nfe_per_case,
                "seconds_per_case": run.seconds_per_case}
         if method == "pre-segmenter":
+            row.update(softmax_uncertainty_metrics(paths, runner.predictor.label_manager.foreground_labels))
             cases = json.loads((runner.folder("pd_ddpm") / "pdddpm_cases.json").read_text()).values()
             row["nfe_per_case"] = float(np.mean([c["pre_segmentation_nfe"] for c in cases]))
             cases_timed = pre_timing.get("cases", 0)
@@ -226,10 +239,47 @@ def _rows(runner, settings: dict, pre_timing: dict) -> list[dict]:
     return rows
 
 
+def softmax_uncertainty_metrics(paths: DemoPaths, labels) -> dict:
+    """Error-AUROC and mean of the pre-segmenter's softmax uncertainty p(1 - p) (from its ``--save_probabilities``
+    npz files), written as ``uncertainty/CASE_uncertainty.nii.gz`` maps beside its segmentations."""
+    import SimpleITK as sitk
+
+    from nnunet_pdddpm.evaluation import evaluate_folders
+    from nnunet_pdddpm.io_utils import atomic_path
+
+    folder = paths.predictions(METHOD_FOLDERS["pre-segmenter"])
+    unc = folder / "uncertainty"
+    unc.mkdir(parents=True, exist_ok=True)
+    for case in _test_cases(paths):
+        target = unc / f"{case}_uncertainty.nii.gz"
+        if target.is_file():
+            continue
+        probs = np.load(folder / f"{case}.npz")["probabilities"].astype(np.float32)  # (K, z, y, x) as SimpleITK
+        image = sitk.GetImageFromArray((probs * (1 - probs)).mean(0))
+        image.CopyInformation(sitk.ReadImage(str(folder / f"{case}.nii.gz")))
+        with atomic_path(target) as tmp:
+            sitk.WriteImage(image, tmp)
+    summary = evaluate_folders(paths.labels, folder, unc_dir=unc, labels=labels, show_progress=False)
+    means = list(summary["mean"].values())
+    return {k: float(np.nanmean([m[k] for m in means])) for k in ("uncertainty_auroc", "mean_uncertainty")}
+
+
+def summary_line(rows: list[dict], t_prime_source: str) -> str:
+    """What the table shows, in one line."""
+    pre, _, pd = rows
+    dice, f1 = pd["dice"] - pre["dice"], pd["lesion_f1"] - pre["lesion_f1"]
+    verdict = "improves on" if dice > 0.005 else ("matches" if dice > -0.005 else "falls below")
+    return (f"PD-DDPM {verdict} its pre-segmenter (Dice {pd['dice']:.3f} vs {pre['dice']:.3f}, {dice:+.3f}; "
+            f"lesion F1 {f1:+.3f}) with T' from {t_prime_source}; its uncertainty finds the errors with AUROC "
+            f"{pd.get('uncertainty_auroc', math.nan):.3f} (the pre-segmenter's softmax: "
+            f"{pre.get('uncertainty_auroc', math.nan):.3f}); vanilla DDPM from noise reaches Dice "
+            f"{rows[1]['dice']:.3f}.")
+
+
 def _write_report(paths: DemoPaths, profile: DemoRunProfile, device: str, rows: list[dict], runner,
                   num_figures: int) -> dict:
     figures = paths.report / "figures"
-    write_rows(rows, table1.COLUMNS, paths.report / "results.csv")
+    write_rows(rows, COLUMNS, paths.report / "results.csv")
     files = [str(table1.plot(rows, figures / "metrics.png"))]
     for case in _test_cases(paths)[:num_figures]:
         predictions = {m: paths.predictions(f) / f"{case}.nii.gz" for m, f in METHOD_FOLDERS.items()}
@@ -238,5 +288,5 @@ def _write_report(paths: DemoPaths, profile: DemoRunProfile, device: str, rows: 
                                      predictions, uncertainty if uncertainty.is_file() else None,
                                      figures / f"{case}.png", title=f"{case} ({profile.name} profile)")))
     return {"profile": profile.name, "device": device, "dataset": str(paths.raw / paths.dataset),
-            "note": profile.note, "columns": list(table1.COLUMNS), "rows": rows, "figures": files,
+            "note": profile.note, "columns": list(COLUMNS), "rows": rows, "figures": files,
             "denoiser": runner.models.denoiser_folder, "pre_segmenter": runner.models.pre_segmenter_folder}

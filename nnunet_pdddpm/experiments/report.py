@@ -20,6 +20,7 @@ COLUMN_FORMATS = {
     "jaccard": ("Jaccard", "{:.3f}"),
     "lesion_f1": ("lesion F1", "{:.3f}"),
     "mean_uncertainty": ("mean unc.", "{:.2e}"),
+    "uncertainty_auroc": ("err-AUROC", "{:.3f}"),
     "nfe_per_case": ("NFE/case", "{:.0f}"),
     "seconds_per_case": ("s/case", "{:.1f}"),
     "dice_mean": ("Dice mean", "{:.3f}"),

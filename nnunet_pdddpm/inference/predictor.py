@@ -32,6 +32,7 @@ from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case, unce
 from nnunet_pdddpm.inference.input_checks import check_case_files
 from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter, _checked_folds, check_compatible
 from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.inference.t_prime_sweep import read_auto_t_prime
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs
 from nnunet_pdddpm.trainers.checkpointing import load_checkpoint_safe
 
@@ -71,14 +72,21 @@ class PDDDPMPredictor(nnUNetPredictor):
         self.diffusion_config: DiffusionConfig | None = None
         self.uncertainty_folder: str | None = None
         self.last_nfe = 0
+        self.t_prime_source = "the sampling settings" if sampling is not None else "the denoiser trainer's t_prime"
         self.denoiser_cache = DenoiserCache()  # compiled denoisers survive from case to case
 
     # ---------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
                                              use_folds: tuple | list | None = None,
                                              checkpoint_name: str = "checkpoint_final.pth") -> None:
-        """Load a ``PDDDPMTrainer`` model folder; checkpoints load with ``weights_only=True`` (EMA weights)."""
+        """Load a ``PDDDPMTrainer`` model folder; checkpoints load with ``weights_only=True`` (EMA weights).
+
+        Without explicit sampling settings, T' is the one the final validation's sweep chose for these folds
+        (``fold_X/pdddpm_t_prime.json``) when it exists, else the trainer's ``t_prime``; ``t_prime_source``
+        says which.
+        """
         folder = model_training_output_dir
+        from_checkpoint = self.sampling is None
         if not isdir(folder):
             raise PDDDPMUserError(f"Denoiser model folder {folder} does not exist; train it with nnUNetv2_train "
                                   f"DATASET CONFIG FOLD -tr PDDDPMTrainer or check -d/-c/-tr/-p.")
@@ -97,6 +105,11 @@ class PDDDPMPredictor(nnUNetPredictor):
         self.manual_initialization_pdddpm(networks, plans_manager, configuration_manager,
                                           load_json(join(folder, "dataset.json")), first["pdddpm"],
                                           first["trainer_name"], first.get("inference_allowed_mirroring_axes"))
+        auto = read_auto_t_prime(folder, folds) if from_checkpoint else None
+        if auto is not None:
+            self.sampling.t_prime, where = auto
+            self.t_prime_source = f"the validation sweep ({where})"
+            self.sampling.validate(self.diffusion_config.num_train_timesteps)
 
     def manual_initialization_pdddpm(self, networks: list[nn.Module], plans_manager: PlansManager,
                                      configuration_manager, dataset_json: dict, pdddpm_settings: dict,

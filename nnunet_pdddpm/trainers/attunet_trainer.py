@@ -1,7 +1,8 @@
 """``PDDDPMAttUNetTrainer``: the paper's pre-segmenter, a U-Net with attention gates (Oktay et al.).
 
 Built from the same plans as nnU-Net's default U-Net and trained exactly like ``nnUNetTrainer``
-(loss, deep supervision, schedule); only the architecture differs.
+(loss, deep supervision, schedule); only the architecture differs, and training is seeded when
+``nnunet_pdddpm_seed`` is set (``seeding.py``).
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_pdddpm.networks.from_plans import build_attention_unet
+from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
 
 
-class PDDDPMAttUNetTrainer(nnUNetTrainer):
+class PDDDPMAttUNetTrainer(SeededTrainingMixin, nnUNetTrainer):
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,

@@ -43,12 +43,14 @@ from nnunet_pdddpm.errors import PDDDPMUserError, install_excepthook
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs, denoiser_kwargs_from_plans
 from nnunet_pdddpm.trainers.checkpointing import load_checkpoint_safe, save_checkpoint_atomic
 from nnunet_pdddpm.trainers.ema import EMA
+from nnunet_pdddpm.trainers.pre_segmentation_errors import simulate_pre_segmentation_errors
+from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
 from nnunet_pdddpm.trainers.update_guard import NonFiniteMonitor, make_adam, step_unless
 
 install_excepthook()
 
 
-class PDDDPMTrainer(nnUNetTrainer):
+class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
     # --- denoiser and diffusion (stored in checkpoints) ---
     diffusion_config: DiffusionConfig = DiffusionConfig()
     base_features: int | None = None  # None keeps the plan's features_per_stage; the paper used 128
@@ -61,6 +63,16 @@ class PDDDPMTrainer(nnUNetTrainer):
     ensemble_size: int = 5
     sampler: str = "ddpm"
     sampling_steps: int | None = None  # None: every step from T' to 0
+    # T' candidates of the final validation's sweep (automatic T', ``inference/t_prime_sweep.py``); () for none.
+    # Values above the training timestep range are skipped.
+    t_prime_sweep: tuple[int, ...] = (50, 100, 200, 300, 400, 500)
+    # --- training for the PD-DDPM regime (stored in checkpoints under "training") ---
+    # timesteps are drawn from [0, timestep_range); inference never evaluates t >= T', so any value >= t_prime
+    # serves PD-DDPM (None: all T, needed for vanilla sampling from noise)
+    timestep_range: int | None = None
+    # fraction of training samples whose diffused mask carries simulated pre-segmenter errors
+    # (``pre_segmentation_errors.py``) while the target stays the ground truth; needs prediction_type "sample"
+    pre_segmentation_errors: float = 0.0
     # pre-segmenters searched for the final validation, in this order (same dataset, plans, configuration, fold)
     pre_segmenter_trainers: tuple[str, ...] = ("PDDDPMAttUNetTrainer", "nnUNetTrainer")
     # --- throughput ---
@@ -82,6 +94,7 @@ class PDDDPMTrainer(nnUNetTrainer):
         self.nonfinite = NonFiniteMonitor(lambda: self.max_consecutive_nonfinite, self.print_to_log_file)
         self.draws_per_image = 1  # set with the batch size
         self._check_supported_labels()
+        self._check_training_options()
 
     # ---------------------------------------------------------------- set-up
     def _check_supported_labels(self) -> None:
@@ -94,6 +107,26 @@ class PDDDPMTrainer(nnUNetTrainer):
             raise PDDDPMUserError(
                 "PD-DDPM does not support nnU-Net's ignore label; remove the 'ignore' label from dataset.json."
             )
+
+    def _check_training_options(self) -> None:
+        T = self.diffusion_config.num_train_timesteps
+        name = type(self).__name__
+        if self.timestep_range is not None and not self.t_prime <= self.timestep_range <= T:
+            raise PDDDPMUserError(f"{name}.timestep_range must lie between t_prime ({self.t_prime}) and T ({T}), "
+                                  f"got {self.timestep_range}; the denoiser is evaluated at every t < t_prime.")
+        if not 0 <= self.pre_segmentation_errors <= 1:
+            raise PDDDPMUserError(f"{name}.pre_segmentation_errors is a fraction of samples in [0, 1], got "
+                                  f"{self.pre_segmentation_errors}.")
+        if self.pre_segmentation_errors > 0 and self.diffusion_config.prediction_type != "sample":
+            raise PDDDPMUserError(
+                f"{name}.pre_segmentation_errors needs diffusion_config.prediction_type 'sample': with "
+                f"'{self.diffusion_config.prediction_type}' the target for a mask that is not the ground truth "
+                f"grows like 1/sqrt(1 - alpha_bar) at small t.")
+
+    @property
+    def max_training_timestep(self) -> int:
+        """Timesteps are drawn uniformly from [0, max_training_timestep)."""
+        return self.timestep_range or self.diffusion_config.num_train_timesteps
 
     @property
     def labels(self) -> list[int]:
@@ -163,11 +196,30 @@ class PDDDPMTrainer(nnUNetTrainer):
 
     # ---------------------------------------------------------------- training
     def _noisy_input(self, data: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
-                     noise: torch.Tensor | None = None):
+                     noise: torch.Tensor | None = None, error_fraction: float = 0.0):
+        """(x0 of the ground truth, noise, x_t); with ``error_fraction`` that share of the samples is diffused
+        from a mask with simulated pre-segmenter errors instead of the ground truth."""
         x0 = encode_labels(target, self.labels)
         noise = torch.randn_like(x0) if noise is None else noise
-        x_t = diffuse(self.scheduler, x0, noise, timesteps)
+        start = x0
+        if error_fraction > 0:
+            wrong = encode_labels(simulate_pre_segmentation_errors(self._label_indices(target), len(self.labels)),
+                                  list(range(len(self.labels))))
+            rows = (torch.rand(x0.shape[0], device=x0.device) < error_fraction).reshape(-1, *([1] * (x0.ndim - 1)))
+            start = torch.where(rows, wrong, x0)
+        x_t = diffuse(self.scheduler, start, noise, timesteps)
         return x0, noise, x_t
+
+    def _label_indices(self, target: torch.Tensor) -> torch.Tensor:
+        """nnU-Net label values (B, 1, ...) -> channel indices of the mask encoding (background 0)."""
+        idx = torch.zeros_like(target, dtype=torch.long)
+        for i, lab in enumerate(self.labels):
+            idx[target == lab] = i
+        return idx
+
+    def draw_timesteps(self, batch: int) -> torch.Tensor:
+        """Training timesteps (batch,), uniform in [0, max_training_timestep)."""
+        return torch.randint(0, self.max_training_timestep, (batch,), device=self.device)
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
@@ -175,9 +227,8 @@ class PDDDPMTrainer(nnUNetTrainer):
         if self.draws_per_image > 1:
             data = data.repeat_interleave(self.draws_per_image, 0)
             target = target.repeat_interleave(self.draws_per_image, 0)
-        b = data.shape[0]
-        timesteps = torch.randint(0, self.diffusion_config.num_train_timesteps, (b,), device=self.device)
-        x0, noise, x_t = self._noisy_input(data, target, timesteps)
+        timesteps = self.draw_timesteps(data.shape[0])
+        x0, noise, x_t = self._noisy_input(data, target, timesteps, error_fraction=self.pre_segmentation_errors)
         goal = training_target(self.scheduler, x0, noise, timesteps)
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -206,14 +257,14 @@ class PDDDPMTrainer(nnUNetTrainer):
     def validation_step(self, batch: dict) -> dict:
         """Pseudo Dice of the EMA model's one-step x0 estimate from the ground truth diffused to T'.
 
-        The loss is the training MSE at uniform timesteps (comparable to the training loss).
+        The loss is the training MSE at the training timesteps (comparable to the training loss).
         """
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
         b = data.shape[0]
         net = self.ema.shadow
-        t_rand = torch.randint(0, self.diffusion_config.num_train_timesteps, (b,), device=self.device)
-        x0, noise, x_t = self._noisy_input(data, target, t_rand)
+        t_rand = self.draw_timesteps(b)
+        x0, noise, x_t = self._noisy_input(data, target, t_rand, error_fraction=self.pre_segmentation_errors)
         t_val = torch.full((b,), start_index(max(1, self.t_prime)), device=self.device, dtype=torch.long)
         _, _, x_tp = self._noisy_input(data, target, t_val, noise)
         with self._autocast():
@@ -224,9 +275,7 @@ class PDDDPMTrainer(nnUNetTrainer):
 
         seg = x0_hat.argmax(1, keepdim=True)
         onehot = torch.zeros_like(x0_hat).scatter_(1, seg, 1)
-        target_idx = torch.zeros_like(target, dtype=torch.long)
-        for i, lab in enumerate(self.labels):
-            target_idx[target == lab] = i
+        target_idx = self._label_indices(target)
         axes = [0] + list(range(2, x0_hat.ndim))
         tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, target_idx, axes=axes)
         # background is not part of nnU-Net's pseudo Dice
@@ -244,6 +293,8 @@ class PDDDPMTrainer(nnUNetTrainer):
             "num_image_channels": self.num_input_channels,
             "sampling": {"t_prime": self.t_prime, "ensemble_size": self.ensemble_size, "sampler": self.sampler,
                          "steps": self.sampling_steps},
+            "training": {"timestep_range": self.max_training_timestep,
+                         "pre_segmentation_errors": self.pre_segmentation_errors},
         }
 
     def save_checkpoint(self, filename: str) -> None:

@@ -6,10 +6,16 @@ found wins): the same fold, so validation cases were not seen by it either. With
 documented fallback is the vanilla reverse process from pure noise at T with the trainer's sampler
 and steps. Segmentations go to ``fold_X/validation/``, uncertainty maps to
 ``fold_X/validation/uncertainty/``, and nnU-Net's ``summary.json`` is computed as nnU-Net does.
+
+With a pre-segmenter and ``trainer.t_prime_sweep`` candidates, T' is chosen first: PD-DDPM with a fast
+sampler for each candidate on the same validation cases (``inference/t_prime_sweep.py``); the best goes to
+``fold_X/pdddpm_t_prime.json``, which ``nnunet_pdddpm_predict`` uses when ``--t_prime`` is not given, and
+the validation itself then runs at that T'.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from os.path import isfile, join
 
 import torch
@@ -22,6 +28,7 @@ from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case
 from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter
 from nnunet_pdddpm.inference.predictor import UNCERTAINTY_FOLDER, PDDDPMPredictor
 from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.inference.t_prime_sweep import T_PRIME_FILE, sweep_t_prime, write_sweep
 from nnunet_pdddpm.io_utils import write_json_atomic
 
 
@@ -35,6 +42,33 @@ def find_pre_segmenter_folder(trainer) -> str | None:
     return None
 
 
+def sweep_settings(settings: SamplingSettings) -> SamplingSettings:
+    """The fast sampler of the T' sweep: the trainer's sampler if it is already fast, else DDIM with 10 steps."""
+    if settings.sampler == "ddpm":
+        return replace(settings, sampler="ddim", steps=10)
+    return replace(settings, steps=settings.steps or 10)
+
+
+def run_t_prime_sweep(trainer, predictor, dataset_val, settings: SamplingSettings) -> int:
+    candidates = [t for t in trainer.t_prime_sweep if 0 < t <= trainer.max_training_timestep]
+    fast = sweep_settings(settings)
+    trainer.print_to_log_file(f"T' sweep over {candidates} on {len(dataset_val.identifiers)} validation cases "
+                              f"({fast.sampler} {fast.steps} steps, ensemble {fast.ensemble_size})")
+
+    def cases():
+        for key in dataset_val.identifiers:
+            data, seg, _, properties = dataset_val.load_case(key)
+            yield key, torch.from_numpy(data[:]), properties, trainer._label_indices(torch.from_numpy(seg[:]))[0]
+
+    sweep = sweep_t_prime(predictor, cases(), candidates, fast)
+    write_sweep(sweep, trainer.output_folder)
+    curve = ", ".join(f"{t}: {d:.4f}" for t, d in zip(sweep["candidates"], sweep["dice"]))
+    trainer.print_to_log_file(f"T' sweep Dice {{{curve}}}; best T'={sweep['t_prime']} (written to "
+                              f"{T_PRIME_FILE}; nnunet_pdddpm_predict uses it unless --t_prime is given)",
+                              also_print_to_console=True)
+    return sweep["t_prime"]
+
+
 def run_final_validation(trainer, save_probabilities: bool = False) -> None:
     settings = SamplingSettings(t_prime=trainer.t_prime, ensemble_size=trainer.ensemble_size,
                                 sampler=trainer.sampler, steps=trainer.sampling_steps)
@@ -45,9 +79,16 @@ def run_final_validation(trainer, save_probabilities: bool = False) -> None:
                                            trainer.configuration_manager, trainer.dataset_json,
                                            trainer.pdddpm_settings(), trainer.__class__.__name__,
                                            trainer.inference_allowed_mirroring_axes)
+    _, val_keys = trainer.do_split()
+    if trainer.is_ddp:
+        val_keys = val_keys[trainer.local_rank::dist.get_world_size()]
+    dataset_val = trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys)
     if pre_folder is not None:
         predictor.set_pre_segmenter(ModelPreSegmenter(pre_folder, [trainer.fold], "checkpoint_final.pth",
                                                       trainer.device))
+        if trainer.t_prime_sweep and not trainer.is_ddp:
+            settings.t_prime = run_t_prime_sweep(trainer, predictor, dataset_val, settings)
+            predictor.sampling = settings
         how = f"PD-DDPM from pre-segmenter {pre_folder} (T'={settings.t_prime})"
     else:
         how = "vanilla DDPM from noise at T (no pre-segmenter found: fallback)"
@@ -56,10 +97,6 @@ def run_final_validation(trainer, save_probabilities: bool = False) -> None:
 
     out = join(trainer.output_folder, "validation")
     maybe_mkdir_p(join(out, UNCERTAINTY_FOLDER))
-    _, val_keys = trainer.do_split()
-    if trainer.is_ddp:
-        val_keys = val_keys[trainer.local_rank::dist.get_world_size()]
-    dataset_val = trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys)
     ending = trainer.dataset_json["file_ending"]
     for key in dataset_val.identifiers:
         trainer.print_to_log_file(f"predicting {key}")

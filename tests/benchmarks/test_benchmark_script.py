@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,10 @@ def test_synthetic_quick_run_prints_the_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
-    t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.benchmark_sampling", "--synthetic", "--quick",
                            "-device", "cpu", "--ablation", "--json", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert time.monotonic() - t0 < 30
     header = next(line for line in proc.stdout.splitlines() if line.startswith("variant"))
     for column in ("s/case", "NFE/case", "GFLOP/eval", "TFLOP/s", "% bf16 peak", "peak mem GiB", "Dice"):
         assert column in header

@@ -3,7 +3,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -22,7 +21,10 @@ def first_run(tmp_path_factory):
 
 def test_table_has_three_methods_with_finite_scores(first_run):
     workdir, report = first_run
-    saved = json.loads((workdir / "report" / "results.json").read_text())
+    def not_json(constant):
+        raise AssertionError(f"results.json holds {constant}, which is not JSON")
+
+    saved = json.loads((workdir / "report" / "results.json").read_text(), parse_constant=not_json)
     assert [row["dice"] for row in saved["rows"]] == [row["dice"] for row in report["rows"]]
     methods = [row["method"] for row in saved["rows"]]
     assert methods == ["pre-segmenter", "vanilla DDPM", "PD-DDPM"]
@@ -45,9 +47,7 @@ def test_figures_are_pngs(first_run):
 
 def test_second_run_reuses_every_finished_step(first_run):
     workdir, first = first_run
-    start = time.perf_counter()
     second = run_demo(workdir, "tiny", "cpu", num_processes=1, num_figures=1)
-    assert time.perf_counter() - start < 60
     assert all(second["stage_seconds_this_run"][stage] is None for stage in WORK_STAGES)
     assert [r["dice"] for r in second["rows"]] == [r["dice"] for r in first["rows"]]
     # the pre-segmenter's cost is remembered from the run that predicted it

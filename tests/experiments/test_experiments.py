@@ -3,7 +3,7 @@ import csv
 import json
 
 import pytest
-from conftest import DATASET, DATASET_ID
+from conftest import DATASET, DATASET_ID, model_folder
 
 from nnunet_pdddpm.cli.experiment import main
 from nnunet_pdddpm.experiments import ensemble, preseg_quality, table1, tprime
@@ -45,7 +45,7 @@ def in_unit_interval(value):
     return 0.0 <= float(value) <= 1.0
 
 
-def test_table1_compares_three_methods(common, tmp_path):
+def test_table1_compares_three_methods(common, trained, tmp_path):
     main(["table1", *common, "-o", str(tmp_path), "--ensemble", "2", "--vanilla_steps", "3"])
     rows, _ = check_outputs(tmp_path, "table1", table1.COLUMNS, 3)
     by_method = {r["method"]: r for r in rows}
@@ -58,7 +58,9 @@ def test_table1_compares_three_methods(common, tmp_path):
     denoiser_nfe = float(pd["nfe_per_case"]) - float(pre["nfe_per_case"])
     assert float(pre["nfe_per_case"]) > 0 and denoiser_nfe > 0
     assert float(vanilla["nfe_per_case"]) == pytest.approx(denoiser_nfe * 3 / 2)
-    assert "ddim 3 steps" in vanilla["sampling"] and "T'=20" in pd["sampling"]
+    # without --t_prime, the T' the denoiser's final validation chose (its sweep file), as nnunet_pdddpm_predict
+    sweep = json.loads((model_folder(trained, "PDDDPMTrainer_tiny") / "fold_0" / "pdddpm_t_prime.json").read_text())
+    assert "ddim 3 steps" in vanilla["sampling"] and f"T'={sweep['t_prime']}," in pd["sampling"]
     for folder in ("pre_segmenter", "vanilla_ddpm", "pd_ddpm"):
         assert len(list((tmp_path / "predictions" / folder).glob("*.nii.gz"))) == 2
 

@@ -1,0 +1,257 @@
+"""Does PD-DDPM improve on the segmentation it starts from? Side by side, at fixed budgets, over seeds.
+
+On a WMH-like set from the demo's generator: pre-segmenters (plain nnU-Net and the attention U-Net) and
+denoisers (the paper's recipe and the training options of ``PDDDPMTrainer``) are trained through the real
+``nnUNetv2_train`` with fixed iteration budgets, each seed in its own ``nnUNet_results`` (training seeded
+through ``nnunet_pdddpm_seed``). Every (pre-segmenter, denoiser) pair is sampled on the same test cases;
+a pre-segmenter's own row uses its softmax as the uncertainty map (p(1-p), the Bernoulli variance: the
+baseline a user already has). Per case: Dice, HD95, lesion F1, AVD, and the error-AUROC of the uncertainty
+map (does it point at the voxels that method got wrong). Differences against the pre-segmenter are paired
+over (seed, case) with bootstrap 95 % intervals.
+
+    python -m benchmarks.benchmark_fidelity -o WORK                       # the README's table (~1 h, 2 cores)
+    python -m benchmarks.benchmark_fidelity -o WORK --seeds 0 --denoisers PDDDPMTrainer_demoCPU_x0 ...
+    python -m benchmarks.benchmark_fidelity -o WORK --quick               # the tiny set and models (tests)
+
+Everything is reused from WORK on a rerun (dataset, preprocessing, trained models, sampled cases), so
+several invocations with other lists share their work. Output: a table, ``WORK/fidelity.json`` (rows and
+per-case values) and ``WORK/fidelity.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_pdddpm.demo.commands import nnunet_environment, run_command
+from nnunet_pdddpm.demo.dataset import DemoProfile, make_demo_dataset
+from nnunet_pdddpm.demo.run_profiles import CPU_DATASET
+from nnunet_pdddpm.evaluation.paired import paired_difference
+from nnunet_pdddpm.experiments.report import write_rows
+from nnunet_pdddpm.io_utils import write_json_atomic
+from nnunet_pdddpm.trainers.seeding import SEED_VARIABLE
+
+PER_CASE_METRICS = ("dice", "hd95", "lesion_f1", "avd", "uncertainty_auroc")
+PAIRED_METRICS = ("dice", "lesion_f1")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What one invocation trains and samples."""
+
+    dataset: DemoProfile | str
+    dataset_id: int
+    dataset_name: str
+    pre_segmenters: tuple[str, ...]
+    denoisers: tuple[str, ...]
+    t_prime: int
+    steps: int
+    ensemble_size: int
+    samplers: tuple[str, ...]
+
+
+# the CPU demo's images (16 training cases), with 12 test cases instead of 4
+FULL = Setup(dataclasses.replace(CPU_DATASET, num_test=12, name="fidelity"), 988, "PDDDPMFidelity",
+             ("nnUNetTrainer_demoCPU", "PDDDPMAttUNetTrainer_demoCPU"),
+             ("PDDDPMTrainer_demoCPU", "PDDDPMTrainer_demoCPU_aware"), 100, 5, 3, ("ddim", "dpm++"))
+QUICK = Setup("tiny", 984, "PDDDPMFidelityTiny", ("PDDDPMAttUNetTrainer_tiny",),
+              ("PDDDPMTrainer_tiny", "PDDDPMTrainer_tiny_aware"), 20, 2, 2, ("ddim",))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.benchmark_fidelity", description=__doc__.split("\n\n")[0])
+    p.add_argument("-o", "--output", required=True, help="Work folder (reused by later runs).")
+    p.add_argument("--quick", action="store_true", help="The demo's tiny dataset and the _tiny trainers (minutes).")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Training seeds (default: 0 1 2).")
+    p.add_argument("--pre_segmenters", nargs="+", help="Pre-segmenter trainers (default: plain nnU-Net and the "
+                                                        "attention U-Net at the CPU demo's budget).")
+    p.add_argument("--denoisers", nargs="+", help="Denoiser trainers (default: the paper's recipe and _aware).")
+    p.add_argument("--t_prime", type=int, help="T' of PD-DDPM (default 100; quick 20).")
+    p.add_argument("--steps", type=int, help="Steps of the fast samplers from T' (default 5; quick 2).")
+    p.add_argument("--ensemble", type=int, help="Ensemble size (default 3; quick 2).")
+    p.add_argument("--samplers", nargs="+", choices=("ddim", "dpm++", "ddpm"),
+                   help="Samplers (default: ddim dpm++); ddpm runs every step from T'.")
+    p.add_argument("-np", "--num_processes", type=int, default=1, help="nnU-Net worker processes (default 1).")
+    return p
+
+
+def resolve(args) -> Setup:
+    base = QUICK if args.quick else FULL
+    return Setup(base.dataset, base.dataset_id, base.dataset_name,
+                 tuple(args.pre_segmenters or base.pre_segmenters), tuple(args.denoisers or base.denoisers),
+                 args.t_prime or base.t_prime, args.steps or base.steps, args.ensemble or base.ensemble_size,
+                 tuple(args.samplers or base.samplers))
+
+
+def prepare_dataset(work: Path, setup: Setup, num_processes: int) -> tuple[Path, dict]:
+    raw, pre = work / "nnUNet_raw", work / "nnUNet_preprocessed"
+    folder = make_demo_dataset(raw, setup.dataset, dataset_id=setup.dataset_id, dataset_name=setup.dataset_name,
+                               num_processes=num_processes)
+    env = nnunet_environment(raw, pre, work / "results_seed0", num_processes, "cpu")
+    if not (pre / folder.name / "nnUNetPlans.json").is_file() or not (pre / folder.name / "nnUNetPlans_2d").is_dir():
+        run_command(["nnUNetv2_plan_and_preprocess", "-d", str(setup.dataset_id), "-c", "2d", "-np",
+                     str(num_processes), "-npfp", str(num_processes)], env, work / "logs" / "plan.log")
+    return folder, env
+
+
+def results_folder(work: Path, seed: int) -> Path:
+    return work / f"results_seed{seed}"
+
+
+def model_folder(work: Path, seed: int, dataset: str, trainer: str) -> Path:
+    return results_folder(work, seed) / dataset / f"{trainer}__nnUNetPlans__2d"
+
+
+def train(work: Path, setup: Setup, dataset: str, env: dict, seed: int, trainer: str) -> float | None:
+    """``nnUNetv2_train`` of fold 0 with seed ``seed`` (skipped when its final checkpoint exists)."""
+    fold = model_folder(work, seed, dataset, trainer) / "fold_0"
+    if (fold / "checkpoint_final.pth").is_file():
+        return None
+    env = dict(env, nnUNet_results=str(results_folder(work, seed)), **{SEED_VARIABLE: str(seed)})
+    resume = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else []
+    print(f"seed {seed}: training {trainer}", flush=True)
+    return run_command(["nnUNetv2_train", str(setup.dataset_id), "2d", "0", "-tr", trainer, "-device", "cpu",
+                        *resume], env, work / "logs" / f"train_seed{seed}_{trainer}.log", indent="      ")
+
+
+def per_case(runner, name: str) -> dict[str, dict[str, float]]:
+    """{case: {metric: value}} of the foreground label of an evaluated setting (``runner.evaluate`` wrote it)."""
+    summary = json.loads((runner.output / "evaluation" / f"{name}.json").read_text())
+    label = str(summary["labels"][0])
+    return {c["case"]: {m: c["metrics"][label].get(m, float("nan")) for m in PER_CASE_METRICS}
+            for c in summary["metric_per_case"]}
+
+
+def sample_pair(work: Path, seed: int, dataset: Path, pre_segmenter: str, denoiser: str, setup: Setup) -> list[dict]:
+    """Rows (one per sampler, plus the pre-segmenter's own) with per-case values for one model pair."""
+    import torch
+
+    from nnunet_pdddpm.experiments.runner import ExperimentRunner, ModelSelection
+
+    models = ModelSelection(str(model_folder(work, seed, dataset.name, denoiser)),
+                            str(model_folder(work, seed, dataset.name, pre_segmenter)), folds=(0,), device="cpu")
+    out = work / "sampling" / f"seed{seed}" / pre_segmenter / denoiser
+    runner = ExperimentRunner(models, dataset / "imagesTs", dataset / "labelsTs", out, verbose=False)
+    pre = runner.pre_segmentation()
+    rows = []
+    if not (runner.output / "evaluation" / "pre_segmenter.json").is_file():
+        for case in runner.cases:
+            data, properties = runner.case_data(case)
+            probs = pre.probabilities(data, properties, case)
+            softmax_uncertainty = (probs * (1 - probs)).mean(0)  # binary: p(1-p), the Bernoulli variance
+            runner.export("pre_segmenter", case, probs, softmax_uncertainty, pre.nfe[case], pre.seconds[case])
+        runner.evaluate("pre_segmenter")
+    rows.append({"method": "pre-segmenter (softmax uncertainty)", "sampler": "", "nfe": pre_run_nfe(runner),
+                 "cases": per_case(runner, "pre_segmenter")})
+    for sampler in setup.samplers:
+        steps = None if sampler == "ddpm" else setup.steps
+        settings = runner.settings(t_prime=setup.t_prime, ensemble_size=setup.ensemble_size, sampler=sampler,
+                                   steps=steps, max_batch_size=32)
+        settings.steps = steps
+        name = f"pdddpm_{sampler}"
+        torch.manual_seed(0)
+        run = runner.run_setting(name, settings, pre, resume=True)
+        rows.append({"method": "PD-DDPM", "sampler": f"{sampler} {steps or setup.t_prime} steps",
+                     "nfe": run.nfe_per_case, "seconds": run.seconds_per_case, "cases": per_case(runner, name)})
+    return rows
+
+
+def pre_run_nfe(runner) -> float:
+    log = json.loads((runner.folder("pre_segmenter") / "pdddpm_cases.json").read_text())
+    return float(np.mean([c["nfe"] for c in log.values()]))
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One row per (pre-segmenter, denoiser, sampler): means over seeds x cases and paired differences."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["pre_segmenter"], r["denoiser"], r["method"], r["sampler"]), []).append(r)
+    baselines = {(r["pre_segmenter"], r["seed"]): r["cases"] for r in results if r["method"].startswith("pre-seg")}
+    rows = []
+    for (pre_seg, denoiser, method, sampler), runs in groups.items():
+        is_pre = method.startswith("pre-seg")
+        if is_pre and any(row["pre_segmenter"] == pre_seg and row["method"] == method for row in rows):
+            continue  # one baseline row per pre-segmenter (it does not depend on the denoiser)
+        pairs = [(baselines[(pre_seg, r["seed"])][c], v) for r in runs for c, v in r["cases"].items()]
+        row = {"pre_segmenter": pre_seg, "denoiser": "" if is_pre else denoiser, "method": method,
+               "sampler": sampler, "seeds": len(runs), "cases": len(pairs),
+               "nfe_per_case": float(np.mean([r["nfe"] for r in runs]))}
+        for m in PER_CASE_METRICS:
+            row[m] = float(np.nanmean([v[m] for _, v in pairs])) if pairs else float("nan")
+        for m in PAIRED_METRICS:
+            d = paired_difference([a[m] for a, _ in pairs], [b[m] for _, b in pairs])
+            row[f"delta_{m}"], row[f"delta_{m}_low"], row[f"delta_{m}_high"] = d["mean"], d["low"], d["high"]
+        rows.append(row)
+    return rows
+
+
+COLUMNS = ("pre_segmenter", "denoiser", "method", "sampler", "seeds", "cases", "dice", "delta_dice", "delta_dice_low",
+           "delta_dice_high", "hd95", "lesion_f1", "delta_lesion_f1", "delta_lesion_f1_low", "delta_lesion_f1_high",
+           "avd", "uncertainty_auroc", "nfe_per_case")
+
+
+def format_rows(rows: list[dict]) -> str:
+    def f(v, spec="{:.3f}"):
+        return "n/a" if v is None or (isinstance(v, float) and v != v) else spec.format(v)
+
+    head = ["pre-segmenter", "denoiser", "method", "sampler", "n", "Dice", "ΔDice [95% CI]", "HD95", "lesion F1",
+            "ΔF1 [95% CI]", "AVD %", "err-AUROC", "NFE"]
+    lines = [head]
+    for r in rows:
+        pre = r["method"].startswith("pre-seg")
+
+        def ci(m: str) -> str:
+            if pre:
+                return ""
+            return (f"{f(r[f'delta_{m}'], '{:+.3f}')} [{f(r[f'delta_{m}_low'], '{:+.3f}')}, "
+                    f"{f(r[f'delta_{m}_high'], '{:+.3f}')}]")
+        lines.append([r["pre_segmenter"], r["denoiser"], r["method"], r["sampler"], str(r["cases"]), f(r["dice"]),
+                      ci("dice"), f(r["hd95"], "{:.2f}"), f(r["lesion_f1"]), ci("lesion_f1"), f(r["avd"], "{:.1f}"),
+                      f(r["uncertainty_auroc"]), f(r["nfe_per_case"], "{:.0f}")])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup = resolve(args)
+    work = Path(args.output).resolve()
+    start = time.perf_counter()
+    dataset, env = prepare_dataset(work, setup, args.num_processes)
+    results = []
+    for seed in args.seeds:
+        for trainer in (*setup.pre_segmenters, *setup.denoisers):
+            train(work, setup, dataset.name, env, seed, trainer)
+        for pre_segmenter in setup.pre_segmenters:
+            for denoiser in setup.denoisers:
+                print(f"seed {seed}: sampling {denoiser} from {pre_segmenter}", flush=True)
+                for row in sample_pair(work, seed, dataset, pre_segmenter, denoiser, setup):
+                    results.append({"seed": seed, "pre_segmenter": pre_segmenter, "denoiser": denoiser, **row})
+    rows = summarise(results)
+    wall = time.perf_counter() - start
+    print()
+    print(format_rows(rows))
+    print(f"\nseeds {args.seeds}; n = seeds x test cases; T'={setup.t_prime}, ensemble {setup.ensemble_size}; "
+          f"wall time {wall / 60:.1f} min; {os.cpu_count()} CPU cores")
+    meta = {"command": " ".join(["python -m benchmarks.benchmark_fidelity", *(argv or sys.argv[1:])]),
+            "wall_time_s": wall, "cpu_cores": os.cpu_count(), "setup": {k: v for k, v in setup.__dict__.items()
+                                                                         if k != "dataset"},
+            "seeds": args.seeds, "per_case": results}
+    write_rows(rows, COLUMNS, work / "fidelity.csv")
+    write_json_atomic({**meta, "rows": rows}, work / "fidelity.json", strict=True)
+    shutil.rmtree(work / "sampling" / ".pdddpm_partial", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
