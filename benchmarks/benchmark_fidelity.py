@@ -9,7 +9,7 @@ baseline a user already has). Per case: Dice, HD95, lesion F1, AVD, and the erro
 map (does it point at the voxels that method got wrong). Differences against the pre-segmenter are paired
 over (seed, case) with bootstrap 95 % intervals.
 
-    python -m benchmarks.benchmark_fidelity -o WORK                       # the README's table (~1 h, 2 cores)
+    python -m benchmarks.benchmark_fidelity -o WORK          # the README's table (estimated ~1 h, 2 cores)
     python -m benchmarks.benchmark_fidelity -o WORK --seeds 0 --denoisers PDDDPMTrainer_demoCPU_x0 ...
     python -m benchmarks.benchmark_fidelity -o WORK --quick               # the tiny set and models (tests)
 
@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -132,8 +131,6 @@ def per_case(runner, name: str) -> dict[str, dict[str, float]]:
 
 def sample_pair(work: Path, seed: int, dataset: Path, pre_segmenter: str, denoiser: str, setup: Setup) -> list[dict]:
     """Rows (one per sampler, plus the pre-segmenter's own) with per-case values for one model pair."""
-    import torch
-
     from nnunet_pdddpm.experiments.runner import ExperimentRunner, ModelSelection
 
     models = ModelSelection(str(model_folder(work, seed, dataset.name, denoiser)),
@@ -157,7 +154,6 @@ def sample_pair(work: Path, seed: int, dataset: Path, pre_segmenter: str, denois
                                    steps=steps, max_batch_size=32)
         settings.steps = steps
         name = f"pdddpm_{sampler}"
-        torch.manual_seed(0)
         run = runner.run_setting(name, settings, pre, resume=True)
         rows.append({"method": "PD-DDPM", "sampler": f"{sampler} {steps or setup.t_prime} steps",
                      "nfe": run.nfe_per_case, "seconds": run.seconds_per_case, "cases": per_case(runner, name)})
@@ -178,8 +174,6 @@ def summarise(results: list[dict]) -> list[dict]:
     rows = []
     for (pre_seg, denoiser, method, sampler), runs in groups.items():
         is_pre = method.startswith("pre-seg")
-        if is_pre and any(row["pre_segmenter"] == pre_seg and row["method"] == method for row in rows):
-            continue  # one baseline row per pre-segmenter (it does not depend on the denoiser)
         pairs = [(baselines[(pre_seg, r["seed"])][c], v) for r in runs for c, v in r["cases"].items()]
         row = {"pre_segmenter": pre_seg, "denoiser": "" if is_pre else denoiser, "method": method,
                "sampler": sampler, "seeds": len(runs), "cases": len(pairs),
@@ -236,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             for denoiser in setup.denoisers:
                 print(f"seed {seed}: sampling {denoiser} from {pre_segmenter}", flush=True)
                 for row in sample_pair(work, seed, dataset, pre_segmenter, denoiser, setup):
-                    results.append({"seed": seed, "pre_segmenter": pre_segmenter, "denoiser": denoiser, **row})
+                    baseline = row["method"].startswith("pre-seg")
+                    if baseline and any(r["seed"] == seed and r["pre_segmenter"] == pre_segmenter
+                                        and r["method"] == row["method"] for r in results):
+                        continue  # the pre-segmenter's own row does not depend on the denoiser: keep one
+                    results.append({"seed": seed, "pre_segmenter": pre_segmenter,
+                                    "denoiser": "" if baseline else denoiser, **row})
     rows = summarise(results)
     wall = time.perf_counter() - start
     print()
@@ -249,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": args.seeds, "per_case": results}
     write_rows(rows, COLUMNS, work / "fidelity.csv")
     write_json_atomic({**meta, "rows": rows}, work / "fidelity.json", strict=True)
-    shutil.rmtree(work / "sampling" / ".pdddpm_partial", ignore_errors=True)
     return 0
 
 

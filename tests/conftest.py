@@ -61,6 +61,17 @@ def trained(nnunet_root) -> Path:
     return nnunet_root
 
 
+@pytest.fixture(scope="module")
+def env(trained):
+    """The trained tiny models' root, with nnU-Net's folder variables pointing at it for the module's tests."""
+    mp = pytest.MonkeyPatch()
+    for k, v in nnunet_env(trained).items():
+        if k.startswith("nnUNet"):
+            mp.setenv(k, v)
+    yield trained
+    mp.undo()
+
+
 def model_folder(root: Path, trainer: str, configuration: str = "2d") -> Path:
     return root / "results" / DATASET / f"{trainer}__nnUNetPlans__{configuration}"
 

@@ -11,9 +11,7 @@ element over the last two axes): WMH scans have thick slices and 2d configuratio
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,6 +19,7 @@ from scipy import ndimage
 
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.ensemble_sampling import case_seed
+from nnunet_pdddpm.inference.pre_segmentation import CachedPreSegmentation
 
 #: degradation kinds and what their strength means
 DEGRADATIONS = {
@@ -29,36 +28,6 @@ DEGRADATIONS = {
     "dilate": "foreground dilated in-plane into the background by this many voxels",
     "noise": "Gaussian noise of this standard deviation added to every class probability, then re-normalised",
 }
-
-
-class CachedPreSegmentation:
-    """Wraps a pre-segmenter (``ModelPreSegmenter`` or ``NpzPreSegmentation``); runs it once per case.
-
-    ``seconds[case]`` is the time of that one run; ``nfe[case]`` its network evaluations as given by
-    ``count_nfe(data)`` (0 for precomputed probabilities).
-    """
-
-    def __init__(self, source, count_nfe: Callable[[torch.Tensor], int] | None = None, name: str = "pre-segmenter"):
-        self.source = source
-        self.name = name
-        self.count_nfe = count_nfe
-        self.cache: dict[str, torch.Tensor] = {}
-        self.seconds: dict[str, float] = {}
-        self.nfe: dict[str, int] = {}
-
-    def describe(self) -> str:
-        return self.source.describe()
-
-    def check_case(self, case_key: str | None) -> None:
-        self.source.check_case(case_key)
-
-    def probabilities(self, data: torch.Tensor, properties: dict, case_key: str | None) -> torch.Tensor:
-        if case_key not in self.cache:
-            start = time.perf_counter()
-            self.cache[case_key] = self.source.probabilities(data, properties, case_key).float().cpu()
-            self.seconds[case_key] = time.perf_counter() - start
-            self.nfe[case_key] = 0 if self.count_nfe is None else int(self.count_nfe(data))
-        return self.cache[case_key]
 
 
 @dataclass(frozen=True)

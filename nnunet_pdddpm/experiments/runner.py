@@ -25,10 +25,9 @@ from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.evaluation import evaluate_folders
-from nnunet_pdddpm.experiments.pre_segmentations import CachedPreSegmentation
 from nnunet_pdddpm.inference.ensemble_sampling import CaseResult
 from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case
-from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter
+from nnunet_pdddpm.inference.pre_segmentation import CachedPreSegmentation, ModelPreSegmenter
 from nnunet_pdddpm.inference.predictor import UNCERTAINTY_FOLDER, PDDDPMPredictor
 from nnunet_pdddpm.inference.settings import SamplingSettings
 from nnunet_pdddpm.io_utils import write_json_atomic

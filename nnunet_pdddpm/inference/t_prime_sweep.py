@@ -19,26 +19,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from nnunet_pdddpm.inference.pre_segmentation import CachedPreSegmentation
 from nnunet_pdddpm.inference.settings import SamplingSettings
 from nnunet_pdddpm.io_utils import write_json_atomic
 
 T_PRIME_FILE = "pdddpm_t_prime.json"
-
-
-class _OncePerCase:
-    """A pre-segmentation source that computes each case once (the sweep samples every case many times)."""
-
-    def __init__(self, source):
-        self.source = source
-        self.cache: dict[str | None, torch.Tensor] = {}
-
-    def check_case(self, case_key: str | None) -> None:
-        self.source.check_case(case_key)
-
-    def probabilities(self, data: torch.Tensor, properties: dict, case_key: str | None) -> torch.Tensor:
-        if case_key not in self.cache:
-            self.cache[case_key] = self.source.probabilities(data, properties, case_key).float().cpu()
-        return self.cache[case_key]
 
 
 def foreground_dice(probabilities: torch.Tensor, seg: torch.Tensor) -> float:
@@ -69,7 +54,7 @@ def sweep_t_prime(predictor, cases: Iterable[tuple[str, torch.Tensor, dict, torc
         raise ValueError("need at least one T' candidate")
     cases = list(cases)
     original_pre, original_sampling = predictor.pre_segmenter, predictor.sampling
-    predictor.pre_segmenter = _OncePerCase(original_pre)
+    predictor.pre_segmenter = CachedPreSegmentation(original_pre)  # every case is sampled once per T'
     dice = []
     try:
         for t_prime in candidates:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from nnunet_pdddpm.errors import PDDDPMUserError
-from nnunet_pdddpm.experiments.pre_segmentations import CachedPreSegmentation, Degradation, DegradedPreSegmentation
+from nnunet_pdddpm.experiments.pre_segmentations import Degradation, DegradedPreSegmentation
+from nnunet_pdddpm.inference.pre_segmentation import CachedPreSegmentation
 
 
 def probabilities(mask: np.ndarray) -> torch.Tensor:

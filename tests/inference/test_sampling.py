@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import model_folder, nnunet_env
+from conftest import model_folder
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
 from nnunet_pdddpm.errors import PDDDPMUserError
@@ -11,16 +11,6 @@ from nnunet_pdddpm.inference.predictor import PDDDPMPredictor
 from nnunet_pdddpm.inference.settings import SamplingSettings
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def env(trained):
-    mp = pytest.MonkeyPatch()
-    for k, v in nnunet_env(trained).items():
-        if k.startswith("nnUNet"):
-            mp.setenv(k, v)
-    yield trained
-    mp.undo()
 
 
 @pytest.fixture(scope="module")

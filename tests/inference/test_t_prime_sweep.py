@@ -16,16 +16,6 @@ from nnunet_pdddpm.inference.t_prime_sweep import T_PRIME_FILE, foreground_dice,
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def env(trained):
-    mp = pytest.MonkeyPatch()
-    for k, v in nnunet_env(trained).items():
-        if k.startswith("nnUNet"):
-            mp.setenv(k, v)
-    yield trained
-    mp.undo()
-
-
 def test_final_validation_stores_the_best_t_prime_of_its_sweep(env):
     folder = model_folder(env, "PDDDPMTrainer_tiny")
     sweep = json.loads((folder / "fold_0" / T_PRIME_FILE).read_text())
