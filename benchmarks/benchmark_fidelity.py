@@ -35,11 +35,15 @@ from nnunet_pdddpm.demo.dataset import DemoProfile, make_demo_dataset
 from nnunet_pdddpm.demo.run_profiles import CPU_DATASET
 from nnunet_pdddpm.evaluation.paired import paired_difference
 from nnunet_pdddpm.experiments.report import write_rows
+from nnunet_pdddpm.inference.ensemble_sampling import predictive_entropy
 from nnunet_pdddpm.io_utils import write_json_atomic
 from nnunet_pdddpm.trainers.seeding import SEED_VARIABLE
 
 PER_CASE_METRICS = ("dice", "hd95", "lesion_f1", "avd", "uncertainty_auroc")
 PAIRED_METRICS = ("dice", "lesion_f1")
+# PD-DDPM's uncertainty map: the paper's variance across the ensemble, and the predictive entropy of its mean
+# (the same segmentation: one ensemble, two maps)
+UNCERTAINTIES = ("variance", "entropy")
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,16 @@ class Setup:
     steps: int
     ensemble_size: int
     samplers: tuple[str, ...]
+    yardstick: str | None = None  # plain nnU-Net trained with the pre-segmenter's and the denoiser's budget together
 
 
 # the CPU demo's images (16 training cases), with 12 test cases instead of 4
 FULL = Setup(dataclasses.replace(CPU_DATASET, num_test=12, name="fidelity"), 988, "PDDDPMFidelity",
              ("nnUNetTrainer_demoCPU", "PDDDPMAttUNetTrainer_demoCPU"),
-             ("PDDDPMTrainer_demoCPU", "PDDDPMTrainer_demoCPU_aware"), 100, 5, 3, ("ddim", "dpm++"))
+             ("PDDDPMTrainer_demoCPU", "PDDDPMTrainer_demoCPU_preseg", "PDDDPMTrainer_demoCPU_presegNN"), 100, 5, 3,
+             ("ddim",), "nnUNetTrainer_demoCPU_long")
 QUICK = Setup("tiny", 984, "PDDDPMFidelityTiny", ("PDDDPMAttUNetTrainer_tiny",),
-              ("PDDDPMTrainer_tiny", "PDDDPMTrainer_tiny_aware"), 20, 2, 2, ("ddim",))
+              ("PDDDPMTrainer_tiny", "PDDDPMTrainer_tiny_preseg"), 20, 2, 2, ("ddim",))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", type=int, help="Ensemble size (default 3; quick 2).")
     p.add_argument("--samplers", nargs="+", choices=("ddim", "dpm++", "ddpm"),
                    help="Samplers (default: ddim dpm++); ddpm runs every step from T'.")
+    p.add_argument("--yardstick", help="Plain nnU-Net trainer at PD-DDPM's total training budget, compared with every "
+                                       "PD-DDPM row (default nnUNetTrainer_demoCPU_long; 'none' for none).")
     p.add_argument("-np", "--num_processes", type=int, default=1, help="nnU-Net worker processes (default 1).")
     return p
 
@@ -87,7 +95,8 @@ def resolve(args) -> Setup:
     return Setup(base.dataset, base.dataset_id, base.dataset_name,
                  tuple(args.pre_segmenters or base.pre_segmenters), tuple(args.denoisers or base.denoisers),
                  args.t_prime or base.t_prime, args.steps or base.steps, args.ensemble or base.ensemble_size,
-                 tuple(args.samplers or base.samplers))
+                 tuple(args.samplers or base.samplers),
+                 None if args.yardstick == "none" else (args.yardstick or base.yardstick))
 
 
 def prepare_dataset(work: Path, setup: Setup, num_processes: int) -> tuple[Path, dict]:
@@ -138,7 +147,30 @@ def sample_pair(work: Path, seed: int, dataset: Path, pre_segmenter: str, denois
     out = work / "sampling" / f"seed{seed}" / pre_segmenter / denoiser
     runner = ExperimentRunner(models, dataset / "imagesTs", dataset / "labelsTs", out, verbose=False)
     pre = runner.pre_segmentation()
-    rows = []
+    rows = [softmax_row(runner, pre)]
+    for sampler in setup.samplers:
+        steps = None if sampler == "ddpm" else setup.steps
+        settings = runner.settings(t_prime=setup.t_prime, ensemble_size=setup.ensemble_size, sampler=sampler,
+                                   steps=steps, max_batch_size=32, uncertainty="variance")
+        settings.steps = steps
+        names = {u: f"pdddpm_{sampler}" + ("" if u == "variance" else f"_{u}") for u in UNCERTAINTIES}
+        for name in names.values():
+            forget_other_settings(runner.folder(name), settings)
+        todo = sorted({c for name in names.values() for c in runner.pending_cases(name, settings)})
+        for case in todo:  # one ensemble, both maps
+            result, nfe, seconds = runner.sample(case, settings, pre)
+            maps = {"variance": result.uncertainty, "entropy": predictive_entropy(result.probabilities)}
+            for u, name in names.items():
+                runner.export(name, case, result.probabilities, maps[u], nfe, seconds)
+        for u, name in names.items():
+            run = runner.evaluate(name)
+            rows.append({"method": f"PD-DDPM ({u})", "sampler": f"{sampler} {steps or setup.t_prime} steps",
+                         "nfe": run.nfe_per_case, "seconds": run.seconds_per_case, "cases": per_case(runner, name)})
+    return rows
+
+
+def softmax_row(runner, pre, method: str = "pre-segmenter (softmax uncertainty)") -> dict:
+    """A segmenter on its own, its softmax p(1-p) as the uncertainty map (the baseline a user already has)."""
     if not (runner.output / "evaluation" / "pre_segmenter.json").is_file():
         for case in runner.cases:
             data, properties = runner.case_data(case)
@@ -146,18 +178,44 @@ def sample_pair(work: Path, seed: int, dataset: Path, pre_segmenter: str, denois
             softmax_uncertainty = (probs * (1 - probs)).mean(0)  # binary: p(1-p), the Bernoulli variance
             runner.export("pre_segmenter", case, probs, softmax_uncertainty, pre.nfe[case], pre.seconds[case])
         runner.evaluate("pre_segmenter")
-    rows.append({"method": "pre-segmenter (softmax uncertainty)", "sampler": "", "nfe": pre_run_nfe(runner),
-                 "cases": per_case(runner, "pre_segmenter")})
-    for sampler in setup.samplers:
-        steps = None if sampler == "ddpm" else setup.steps
-        settings = runner.settings(t_prime=setup.t_prime, ensemble_size=setup.ensemble_size, sampler=sampler,
-                                   steps=steps, max_batch_size=32)
-        settings.steps = steps
-        name = f"pdddpm_{sampler}"
-        run = runner.run_setting(name, settings, pre, resume=True)
-        rows.append({"method": "PD-DDPM", "sampler": f"{sampler} {steps or setup.t_prime} steps",
-                     "nfe": run.nfe_per_case, "seconds": run.seconds_per_case, "cases": per_case(runner, name)})
-    return rows
+    return {"method": method, "sampler": "", "nfe": pre_run_nfe(runner), "cases": per_case(runner, "pre_segmenter")}
+
+
+def yardstick_row(work: Path, seed: int, dataset: Path, setup: Setup) -> dict:
+    """The same-budget plain nnU-Net's row (evaluated like a pre-segmenter; the runner needs some denoiser)."""
+    from nnunet_pdddpm.experiments.runner import ExperimentRunner, ModelSelection
+
+    models = ModelSelection(str(model_folder(work, seed, dataset.name, setup.denoisers[0])),
+                            str(model_folder(work, seed, dataset.name, setup.yardstick)), folds=(0,), device="cpu")
+    runner = ExperimentRunner(models, dataset / "imagesTs", dataset / "labelsTs",
+                              work / "sampling" / f"seed{seed}" / setup.yardstick, verbose=False)
+    return softmax_row(runner, runner.pre_segmentation(), YARDSTICK_METHOD)
+
+
+YARDSTICK_METHOD = "plain nnU-Net, PD-DDPM's total budget (softmax uncertainty)"
+
+
+def forget_other_settings(folder: Path, settings) -> None:
+    """Cases in ``folder`` sampled with other settings (another --t_prime, say) are deleted, not reused."""
+    import shutil
+
+    key = {k: settings.to_dict()[k] for k in ("t_prime", "ensemble_size", "sampler", "steps", "seed")}
+    record = folder / "benchmark_settings.json"
+    if record.is_file() and json.loads(record.read_text()) != key:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(key, record)
+
+
+def pairs_with(denoiser: str, pre_segmenter: str) -> bool:
+    """A denoiser trained on a pre-segmenter's own predictions is sampled only from the pre-segmenters it trained
+    with (``pre_segmenter_trainers``); every other denoiser from every pre-segmenter."""
+    import nnunet_pdddpm.trainers as trainers
+
+    cls = getattr(trainers, denoiser, None)
+    if cls is None or getattr(cls, "pre_segmentation_source", "simulated") != "pre_segmenter":
+        return True
+    return pre_segmenter in cls.pre_segmenter_trainers
 
 
 def pre_run_nfe(runner) -> float:
@@ -170,10 +228,11 @@ def summarise(results: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["pre_segmenter"], r["denoiser"], r["method"], r["sampler"]), []).append(r)
-    baselines = {(r["pre_segmenter"], r["seed"]): r["cases"] for r in results if r["method"].startswith("pre-seg")}
+    baselines = {(r["pre_segmenter"], r["seed"]): r["cases"] for r in results if not r["method"].startswith("PD-")}
+    yardsticks = {r["seed"]: r["cases"] for r in results if r["method"] == YARDSTICK_METHOD}
     rows = []
     for (pre_seg, denoiser, method, sampler), runs in groups.items():
-        is_pre = method.startswith("pre-seg")
+        is_pre = not method.startswith("PD-")
         pairs = [(baselines[(pre_seg, r["seed"])][c], v) for r in runs for c, v in r["cases"].items()]
         row = {"pre_segmenter": pre_seg, "denoiser": "" if is_pre else denoiser, "method": method,
                "sampler": sampler, "seeds": len(runs), "cases": len(pairs),
@@ -183,13 +242,19 @@ def summarise(results: list[dict]) -> list[dict]:
         for m in PAIRED_METRICS:
             d = paired_difference([a[m] for a, _ in pairs], [b[m] for _, b in pairs])
             row[f"delta_{m}"], row[f"delta_{m}_low"], row[f"delta_{m}_high"] = d["mean"], d["low"], d["high"]
+        if not is_pre and yardsticks and all(r["seed"] in yardsticks for r in runs):
+            same = [(yardsticks[r["seed"]][c]["dice"], v["dice"]) for r in runs for c, v in r["cases"].items()]
+            d = paired_difference([a for a, _ in same], [b for _, b in same])
+            row["delta_dice_budget"], row["delta_dice_budget_low"], row["delta_dice_budget_high"] = (
+                d["mean"], d["low"], d["high"])
         rows.append(row)
     return rows
 
 
 COLUMNS = ("pre_segmenter", "denoiser", "method", "sampler", "seeds", "cases", "dice", "delta_dice", "delta_dice_low",
            "delta_dice_high", "hd95", "lesion_f1", "delta_lesion_f1", "delta_lesion_f1_low", "delta_lesion_f1_high",
-           "avd", "uncertainty_auroc", "nfe_per_case")
+           "avd", "uncertainty_auroc", "nfe_per_case", "delta_dice_budget", "delta_dice_budget_low",
+           "delta_dice_budget_high")
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -197,19 +262,19 @@ def format_rows(rows: list[dict]) -> str:
         return "n/a" if v is None or (isinstance(v, float) and v != v) else spec.format(v)
 
     head = ["pre-segmenter", "denoiser", "method", "sampler", "n", "Dice", "ΔDice [95% CI]", "HD95", "lesion F1",
-            "ΔF1 [95% CI]", "AVD %", "err-AUROC", "NFE"]
+            "ΔF1 [95% CI]", "AVD %", "err-AUROC", "NFE", "ΔDice vs same-budget nnU-Net"]
     lines = [head]
     for r in rows:
-        pre = r["method"].startswith("pre-seg")
+        pre = not r["method"].startswith("PD-")
 
         def ci(m: str) -> str:
-            if pre:
+            if pre or f"delta_{m}" not in r:
                 return ""
             return (f"{f(r[f'delta_{m}'], '{:+.3f}')} [{f(r[f'delta_{m}_low'], '{:+.3f}')}, "
                     f"{f(r[f'delta_{m}_high'], '{:+.3f}')}]")
         lines.append([r["pre_segmenter"], r["denoiser"], r["method"], r["sampler"], str(r["cases"]), f(r["dice"]),
                       ci("dice"), f(r["hd95"], "{:.2f}"), f(r["lesion_f1"]), ci("lesion_f1"), f(r["avd"], "{:.1f}"),
-                      f(r["uncertainty_auroc"]), f(r["nfe_per_case"], "{:.0f}")])
+                      f(r["uncertainty_auroc"]), f(r["nfe_per_case"], "{:.0f}"), ci("dice_budget")])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
@@ -224,10 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     dataset, env = prepare_dataset(work, setup, args.num_processes)
     results = []
     for seed in args.seeds:
-        for trainer in (*setup.pre_segmenters, *setup.denoisers):
+        for trainer in (*setup.pre_segmenters, *([setup.yardstick] if setup.yardstick else []), *setup.denoisers):
             train(work, setup, dataset.name, env, seed, trainer)
+        if setup.yardstick:
+            results.append({"seed": seed, "pre_segmenter": setup.yardstick, "denoiser": "",
+                            **yardstick_row(work, seed, dataset, setup)})
         for pre_segmenter in setup.pre_segmenters:
             for denoiser in setup.denoisers:
+                if not pairs_with(denoiser, pre_segmenter):
+                    continue
                 print(f"seed {seed}: sampling {denoiser} from {pre_segmenter}", flush=True)
                 for row in sample_pair(work, seed, dataset, pre_segmenter, denoiser, setup):
                     baseline = row["method"].startswith("pre-seg")

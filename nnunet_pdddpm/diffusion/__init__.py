@@ -1,16 +1,18 @@
 """Diffusion core: schedule, mask encoding, samplers. Knows nothing about nnU-Net."""
-from nnunet_pdddpm.diffusion.config import PREDICTION_TYPES, DiffusionConfig
+from nnunet_pdddpm.diffusion.config import OUTPUT_ACTIVATIONS, PREDICTION_TYPES, DiffusionConfig
 from nnunet_pdddpm.diffusion.encoding import decode_to_probabilities, encode_labels, encode_probabilities, hard_onehot
 from nnunet_pdddpm.diffusion.samplers import SAMPLERS, reverse_process, sampling_timesteps
 from nnunet_pdddpm.diffusion.schedule import (
     diffuse,
     make_ddpm_scheduler,
+    model_output,
     predict_x0,
     start_index,
     training_target,
 )
 
 __all__ = [
+    "OUTPUT_ACTIVATIONS",
     "PREDICTION_TYPES",
     "SAMPLERS",
     "DiffusionConfig",
@@ -20,6 +22,7 @@ __all__ = [
     "encode_probabilities",
     "hard_onehot",
     "make_ddpm_scheduler",
+    "model_output",
     "predict_x0",
     "reverse_process",
     "sampling_timesteps",

@@ -60,6 +60,13 @@ def training_target(
     return scheduler.get_velocity(x0, noise, timesteps.to(x0.device))
 
 
+def model_output(config: DiffusionConfig, network_output: torch.Tensor) -> torch.Tensor:
+    """The network's raw output as the model output the samplers expect (``config.output_activation``)."""
+    if config.output_activation == "softmax":
+        return 2 * torch.softmax(network_output, 1) - 1
+    return network_output
+
+
 def predict_x0(
     scheduler: DDPMScheduler, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_pdddpm.diffusion import DiffusionConfig, decode_to_probabilities, diffuse, start_index
+from nnunet_pdddpm.diffusion import DiffusionConfig, decode_to_probabilities, diffuse, model_output, start_index
 from nnunet_pdddpm.diffusion.fast_ddpm import per_sample_noise
 from nnunet_pdddpm.diffusion.samplers import reverse_process, reverse_process_reference, sampling_timesteps
 from nnunet_pdddpm.diffusion.schedule import make_ddpm_scheduler
@@ -50,6 +50,12 @@ class CaseResult:
 
     probabilities: torch.Tensor
     uncertainty: torch.Tensor
+
+
+def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the ensemble's mean class probabilities (K, *shape) -> (*shape): the total predictive
+    uncertainty (the variance across members plus what every member is unsure of)."""
+    return -(probabilities * probabilities.clamp_min(1e-8).log()).sum(0)
 
 
 def number_of_evaluations(num_patches: int, num_folds: int, settings: SamplingSettings, t_prime: int) -> int:
@@ -150,7 +156,7 @@ def _sample_batch(denoiser: SamplingDenoiser, image, x0_pre, slicers, batch: Bat
         x_start = diffuse(scheduler, x0, noise, t)
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return denoiser(img, x_t, t)
+        return model_output(config, denoiser(img, x_t, t))
 
     step_done = None if on_step is None else (lambda: on_step(len(batch.jobs)))
     process = reverse_process_reference if settings.reference_sampler else reverse_process

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from nnunet_pdddpm.diffusion import DiffusionConfig, encode_probabilities, hard_onehot
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.compiled import DenoiserCache
-from nnunet_pdddpm.inference.ensemble_sampling import CaseResult, number_of_evaluations, sample_case
+from nnunet_pdddpm.inference.ensemble_sampling import CaseResult, number_of_evaluations, predictive_entropy, sample_case
 from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case, uncertainty_to_original_geometry
 from nnunet_pdddpm.inference.input_checks import check_case_files
 from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter, _checked_folds, check_compatible
@@ -173,7 +173,7 @@ class PDDDPMPredictor(nnUNetPredictor):
         if self.sampling.uncertainty == "none":
             unc = None
         elif self.sampling.uncertainty == "entropy":
-            unc = -(probs * probs.clamp_min(1e-8).log()).sum(0)
+            unc = predictive_entropy(probs)
         else:
             unc = result.uncertainty[tuple(revert[1:])].cpu()
         return CaseResult(probs, unc)

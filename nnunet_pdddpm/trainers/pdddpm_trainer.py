@@ -35,6 +35,7 @@ from nnunet_pdddpm.diffusion import (
     diffuse,
     encode_labels,
     make_ddpm_scheduler,
+    model_output,
     predict_x0,
     start_index,
     training_target,
@@ -48,6 +49,8 @@ from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
 from nnunet_pdddpm.trainers.update_guard import NonFiniteMonitor, make_adam, step_unless
 
 install_excepthook()
+
+PRE_SEGMENTATION_SOURCES = ("simulated", "pre_segmenter", "out_of_fold")
 
 
 class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
@@ -70,9 +73,13 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
     # timesteps are drawn from [0, timestep_range); inference never evaluates t >= T', so any value >= t_prime
     # serves PD-DDPM (None: all T, needed for vanilla sampling from noise)
     timestep_range: int | None = None
-    # fraction of training samples whose diffused mask carries simulated pre-segmenter errors
-    # (``pre_segmentation_errors.py``) while the target stays the ground truth; needs prediction_type "sample"
+    # fraction of training samples diffused from an imperfect mask while the target stays the ground truth; needs
+    # prediction_type "sample". The mask comes from ``pre_segmentation_source``: "simulated" (label-space errors,
+    # ``pre_segmentation_errors.py``), "pre_segmenter" (the trained pre-segmenter of this fold, found like the final
+    # validation's, segments the augmented training patch) or "out_of_fold" (the pre-segmenter fold that held the
+    # case out segments it: the errors it makes on unseen cases; ``training_pre_segmenter.py``)
     pre_segmentation_errors: float = 0.0
+    pre_segmentation_source: str = "simulated"
     # pre-segmenters searched for the final validation, in this order (same dataset, plans, configuration, fold)
     pre_segmenter_trainers: tuple[str, ...] = ("PDDDPMAttUNetTrainer", "nnUNetTrainer")
     # --- throughput ---
@@ -93,6 +100,7 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
         self.ema: EMA | None = None
         self.nonfinite = NonFiniteMonitor(lambda: self.max_consecutive_nonfinite, self.print_to_log_file)
         self.draws_per_image = 1  # set with the batch size
+        self.training_pre_segmenter: nn.Module | None = None  # set in initialize for pre_segmentation_source
         self._check_supported_labels()
         self._check_training_options()
 
@@ -117,6 +125,9 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
         if not 0 <= self.pre_segmentation_errors <= 1:
             raise PDDDPMUserError(f"{name}.pre_segmentation_errors is a fraction of samples in [0, 1], got "
                                   f"{self.pre_segmentation_errors}.")
+        if self.pre_segmentation_source not in PRE_SEGMENTATION_SOURCES:
+            raise PDDDPMUserError(f"{name}.pre_segmentation_source must be one of "
+                                  f"{', '.join(PRE_SEGMENTATION_SOURCES)}, got {self.pre_segmentation_source!r}.")
         if self.pre_segmentation_errors > 0 and self.diffusion_config.prediction_type != "sample":
             raise PDDDPMUserError(
                 f"{name}.pre_segmentation_errors needs diffusion_config.prediction_type 'sample': with "
@@ -162,6 +173,10 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
         super().initialize()
         self.ema = EMA(self._bare_network(), self.ema_decay)
         self.scheduler = make_ddpm_scheduler(self.diffusion_config)
+        if self.pre_segmentation_errors > 0 and self.pre_segmentation_source != "simulated":
+            from nnunet_pdddpm.trainers.training_pre_segmenter import load_training_pre_segmenter
+
+            self.training_pre_segmenter = load_training_pre_segmenter(self)
 
     def _bare_network(self) -> nn.Module:
         mod = self.network.module if self.is_ddp else self.network
@@ -196,19 +211,26 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
 
     # ---------------------------------------------------------------- training
     def _noisy_input(self, data: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
-                     noise: torch.Tensor | None = None, error_fraction: float = 0.0):
+                     noise: torch.Tensor | None = None, error_fraction: float = 0.0, keys: list[str] | None = None):
         """(x0 of the ground truth, noise, x_t); with ``error_fraction`` that share of the samples is diffused
         from a mask with simulated pre-segmenter errors instead of the ground truth."""
         x0 = encode_labels(target, self.labels)
         noise = torch.randn_like(x0) if noise is None else noise
         start = x0
         if error_fraction > 0:
-            wrong = encode_labels(simulate_pre_segmentation_errors(self._label_indices(target), len(self.labels)),
-                                  list(range(len(self.labels))))
+            wrong = encode_labels(self._imperfect_masks(data, target, keys), list(range(len(self.labels))))
             rows = (torch.rand(x0.shape[0], device=x0.device) < error_fraction).reshape(-1, *([1] * (x0.ndim - 1)))
             start = torch.where(rows, wrong, x0)
         x_t = diffuse(self.scheduler, start, noise, timesteps)
         return x0, noise, x_t
+
+    def _imperfect_masks(self, data: torch.Tensor, target: torch.Tensor, keys: list[str] | None) -> torch.Tensor:
+        """Class indices (B, 1, ...) of a mask with a pre-segmenter's errors (``pre_segmentation_source``)."""
+        if self.training_pre_segmenter is None:
+            return simulate_pre_segmentation_errors(self._label_indices(target), len(self.labels))
+        with torch.no_grad(), self._autocast():
+            logits = self.training_pre_segmenter(data, keys)
+        return logits.argmax(1, keepdim=True)
 
     def _label_indices(self, target: torch.Tensor) -> torch.Tensor:
         """nnU-Net label values (B, 1, ...) -> channel indices of the mask encoding (background 0)."""
@@ -224,17 +246,20 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
+        keys = list(batch.get("keys", [])) or None
         if self.draws_per_image > 1:
             data = data.repeat_interleave(self.draws_per_image, 0)
             target = target.repeat_interleave(self.draws_per_image, 0)
+            keys = None if keys is None else [k for k in keys for _ in range(self.draws_per_image)]
         timesteps = self.draw_timesteps(data.shape[0])
-        x0, noise, x_t = self._noisy_input(data, target, timesteps, error_fraction=self.pre_segmentation_errors)
+        x0, noise, x_t = self._noisy_input(data, target, timesteps, error_fraction=self.pre_segmentation_errors,
+                                           keys=keys)
         goal = training_target(self.scheduler, x0, noise, timesteps)
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             output = self.network(torch.cat((data, x_t), 1), timesteps)
-        loss = F.mse_loss(output.float(), goal)
+        loss = self._denoising_loss(output, goal, target)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
         # NaN/inf in the loss or any gradient: skip the update (weights, Adam state, EMA), decided on the device
@@ -243,6 +268,12 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
         self.ema.update(self._bare_network(), skip=skipped)
         self.nonfinite.record(skipped, loss)
         return {"loss": loss.detach()}
+
+    def _denoising_loss(self, output: torch.Tensor, goal: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """MSE on the model target, or, for softmax outputs, nnU-Net's Dice + CE of the logits (``self.loss``)."""
+        if self.diffusion_config.output_activation == "softmax":
+            return self.loss(output.float(), self._label_indices(target))
+        return F.mse_loss(output.float(), goal)
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         """One device-to-host copy of the epoch's losses; the mean is over the steps that were not skipped."""
@@ -264,14 +295,19 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
         b = data.shape[0]
         net = self.ema.shadow
         t_rand = self.draw_timesteps(b)
-        x0, noise, x_t = self._noisy_input(data, target, t_rand, error_fraction=self.pre_segmentation_errors)
+        keys = list(batch.get("keys", [])) or None
+        x0, noise, x_t = self._noisy_input(data, target, t_rand, error_fraction=self.pre_segmentation_errors,
+                                           keys=keys)
         t_val = torch.full((b,), start_index(max(1, self.t_prime)), device=self.device, dtype=torch.long)
-        _, _, x_tp = self._noisy_input(data, target, t_val, noise)
+        # from the pre-segmenter's own mask when training uses it: the pseudo Dice then measures the correction
+        _, _, x_tp = self._noisy_input(data, target, t_val, noise,
+                                       error_fraction=1.0 if self.training_pre_segmenter is not None else 0.0,
+                                       keys=keys)
         with self._autocast():
             out_rand = net(torch.cat((data, x_t), 1), t_rand)
             out_tp = net(torch.cat((data, x_tp), 1), t_val)
-        loss = F.mse_loss(out_rand.float(), training_target(self.scheduler, x0, noise, t_rand))
-        x0_hat = predict_x0(self.scheduler, out_tp.float(), x_tp, t_val)
+        loss = self._denoising_loss(out_rand, training_target(self.scheduler, x0, noise, t_rand), target)
+        x0_hat = predict_x0(self.scheduler, model_output(self.diffusion_config, out_tp.float()), x_tp, t_val)
 
         seg = x0_hat.argmax(1, keepdim=True)
         onehot = torch.zeros_like(x0_hat).scatter_(1, seg, 1)
@@ -294,7 +330,8 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
             "sampling": {"t_prime": self.t_prime, "ensemble_size": self.ensemble_size, "sampler": self.sampler,
                          "steps": self.sampling_steps},
             "training": {"timestep_range": self.max_training_timestep,
-                         "pre_segmentation_errors": self.pre_segmentation_errors},
+                         "pre_segmentation_errors": self.pre_segmentation_errors,
+                         "pre_segmentation_source": self.pre_segmentation_source},
         }
 
     def save_checkpoint(self, filename: str) -> None:

@@ -8,7 +8,10 @@ trains each augmented image at four noise draws. The training options for the PD
 alone: ``_x0`` and ``_v`` (the network predicts the clean mask or the velocity instead of the paper's
 noise), ``_tmax`` (timesteps drawn below 500 instead of 1000: inference from T'=300 never goes higher),
 and ``_aware``, all three for PD-DDPM: x0 target, t < 500, and half of the samples diffused from a mask
-with simulated pre-segmenter errors (``pre_segmentation_errors.py``).
+with simulated pre-segmenter errors (``pre_segmentation_errors.py``). ``_seg`` reads the output as class logits
+fitted with nnU-Net's Dice + CE; ``_preseg`` and ``_oof`` add the pre-segmenter's own predictions of the training
+patches (its fold, or the fold that held each case out; ``training_pre_segmenter.py``). ``nnUNetTrainer_demoCPU``
+and ``_long`` are plain nnU-Net at the demo's segmenter budget and at PD-DDPM's total budget: the yardsticks.
 """
 from __future__ import annotations
 
@@ -50,6 +53,13 @@ class PDDDPMTrainer_tiny_aware(PDDDPMTrainer_tiny):
     pre_segmentation_errors = 0.5
 
 
+class PDDDPMTrainer_tiny_preseg(PDDDPMTrainer_tiny):
+    diffusion_config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
+    timestep_range = 40
+    pre_segmentation_errors = 0.5
+    pre_segmentation_source = "pre_segmenter"
+
+
 class PDDDPMAttUNetTrainer_tiny(PDDDPMAttUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -88,6 +98,26 @@ class PDDDPMTrainer_aware(PDDDPMTrainer):
     diffusion_config = DiffusionConfig(prediction_type="sample")
     timestep_range = 500
     pre_segmentation_errors = 0.5
+
+
+class PDDDPMTrainer_seg(PDDDPMTrainer):
+    """The clean mask as class logits (softmax), fitted with nnU-Net's Dice + CE loss."""
+
+    diffusion_config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
+
+
+class PDDDPMTrainer_preseg(PDDDPMTrainer_seg):
+    """``_seg``, t < 500, half of the samples diffused from the pre-segmenter's own prediction of the patch."""
+
+    timestep_range = 500
+    pre_segmentation_errors = 0.5
+    pre_segmentation_source = "pre_segmenter"
+
+
+class PDDDPMTrainer_oof(PDDDPMTrainer_preseg):
+    """``_preseg`` with out-of-fold predictions (needs every fold of the pre-segmenter)."""
+
+    pre_segmentation_source = "out_of_fold"
 
 
 class PDDDPMTrainer_demoCPU(PDDDPMTrainer):
@@ -177,9 +207,55 @@ class PDDDPMTrainer_demoCPU_aware(PDDDPMTrainer_demoCPU):
     pre_segmentation_errors = 0.5
 
 
+class PDDDPMTrainer_demoCPU_seg(PDDDPMTrainer_demoCPU):
+    """x0 as class logits (softmax), fitted with nnU-Net's Dice + CE; t below the sweep's largest T'."""
+
+    diffusion_config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
+    timestep_range = 300
+
+
+class PDDDPMTrainer_demoCPU_segaware(PDDDPMTrainer_demoCPU_seg):
+    """``_seg`` with half of the samples diffused from simulated pre-segmenter errors, t < 500, sweep to 500."""
+
+    timestep_range = 500
+    t_prime_sweep = (50, 100, 200, 300, 400, 500)
+    pre_segmentation_errors = 0.5
+
+
+class PDDDPMTrainer_demoCPU_preseg(PDDDPMTrainer_demoCPU_seg):
+    """``_seg``, and half of the samples diffused from the attention U-Net pre-segmenter's own prediction."""
+
+    pre_segmentation_errors = 0.5
+    pre_segmentation_source = "pre_segmenter"
+
+
+class PDDDPMTrainer_demoCPU_oof(PDDDPMTrainer_demoCPU_preseg):
+    """``_preseg`` with out-of-fold predictions: each training case segmented by the attention U-Net fold that held
+    it out (needs its other folds trained)."""
+
+    pre_segmentation_source = "out_of_fold"
+    pre_segmenter_trainers = ("PDDDPMAttUNetTrainer_demoCPU",)
+
+
+class PDDDPMTrainer_demoCPU_presegNN(PDDDPMTrainer_demoCPU_preseg):
+    """``_preseg`` for the plain nnU-Net pre-segmenter of the demo budget."""
+
+    pre_segmenter_trainers = ("nnUNetTrainer_demoCPU",)
+
+
 class nnUNetTrainer_demoCPU(_DemoCPUSegmenterBudget, SeededTrainingMixin, nnUNetTrainer):
     """Plain nnU-Net (its U-Net, loss and schedule) at the same budget: the yardstick a user already has, for the
     fidelity benchmark."""
+
+
+class nnUNetTrainer_demoCPU_long(nnUNetTrainer_demoCPU):
+    """Plain nnU-Net with the training samples of the CPU demo's pre-segmenter and denoiser together (800 x 6 + 300 x
+    13 patches = 1450 iterations of 6): PD-DDPM's yardstick at the same training budget."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 58
 
 
 class PDDDPMTrainer_demoGPU(PDDDPMTrainer):

@@ -16,7 +16,7 @@ def test_quick_mode_trains_samples_and_pairs_against_the_pre_segmenter(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     work = tmp_path / "work"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.benchmark_fidelity", "-o", str(work), "--quick",
-                           "--seeds", "0", "--denoisers", "PDDDPMTrainer_tiny_aware"],
+                           "--seeds", "0", "--denoisers", "PDDDPMTrainer_tiny_preseg"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     header = next(line for line in proc.stdout.splitlines() if line.startswith("pre-segmenter "))
@@ -28,20 +28,26 @@ def test_quick_mode_trains_samples_and_pairs_against_the_pre_segmenter(tmp_path)
 
     payload = json.loads((work / "fidelity.json").read_text(), parse_constant=not_json)
     rows = payload["rows"]
-    assert [r["method"] for r in rows] == ["pre-segmenter (softmax uncertainty)", "PD-DDPM"]
-    pre, pd = rows
+    assert [r["method"] for r in rows] == ["pre-segmenter (softmax uncertainty)", "PD-DDPM (variance)",
+                                           "PD-DDPM (entropy)"]
+    pre, pd, pd_entropy = rows
     assert pre["cases"] == pd["cases"] == 2  # one seed x the tiny set's two test cases
-    assert pd["denoiser"] == "PDDDPMTrainer_tiny_aware" and pd["sampler"] == "ddim 2 steps"
+    assert pd["denoiser"] == "PDDDPMTrainer_tiny_preseg" and pd["sampler"] == "ddim 2 steps"
+    # one ensemble, two uncertainty maps: the segmentation metrics are the same
+    assert pd_entropy["dice"] == pd["dice"] and pd_entropy["hd95"] == pd["hd95"]
     assert pd["nfe_per_case"] > pre["nfe_per_case"] > 0
     # the paired difference is the difference of the per-case values it pairs
     per_case = {(r["method"], r["denoiser"]): r["cases"] for r in payload["per_case"]}
     a = per_case[("pre-segmenter (softmax uncertainty)", "")]  # one baseline row, whatever the denoiser
-    b = per_case[("PD-DDPM", "PDDDPMTrainer_tiny_aware")]
+    b = per_case[("PD-DDPM (variance)", "PDDDPMTrainer_tiny_preseg")]
     diffs = [b[c]["dice"] - a[c]["dice"] for c in a]
     assert pd["delta_dice"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-12)
     assert pd["delta_dice_low"] <= pd["delta_dice"] <= pd["delta_dice_high"]
     # seeded training went through nnUNetv2_train, and the pre-segmenter's softmax map was evaluated as uncertainty
     log = (work / "logs" / "train_seed0_PDDDPMAttUNetTrainer_tiny.log").read_text()
     assert "Seeded training: nnunet_pdddpm_seed=0" in log
+    # the denoiser trained on the predictions of the pre-segmenter trained just before it
+    log = (work / "logs" / "train_seed0_PDDDPMTrainer_tiny_preseg.log").read_text()
+    assert "Training on the predictions of the pre-segmenter" in log and "PDDDPMAttUNetTrainer_tiny__" in log
     assert pre["uncertainty_auroc"] is None or 0 <= pre["uncertainty_auroc"] <= 1
     assert (work / "fidelity.csv").read_text().startswith("pre_segmenter,denoiser,method")

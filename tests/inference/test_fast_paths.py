@@ -226,3 +226,30 @@ def test_attention_uses_scaled_dot_product_attention(monkeypatch):
     attn = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v  # sqrt(head dim 4) = 2
     expected = x + block.proj(attn.transpose(-1, -2).reshape(2, 8, 3, 5))
     torch.testing.assert_close(block(x), expected)
+
+
+class ConstantLogits(nn.Module):
+    """A 'denoiser' whose logits do not depend on its input: ``logits`` at every voxel of every patch."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.num_classes = logits.shape[0]
+        self.logits = nn.Parameter(logits.clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.logits.reshape(1, -1, *([1] * (x.ndim - 2))).expand(x.shape[0], -1, *x.shape[2:])
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddpm", None), ("ddim", 5), ("dpm++", 5)])
+def test_softmax_output_samples_end_at_the_networks_softmax(sampler, steps):
+    """With ``output_activation='softmax'`` the x0 estimate is 2 softmax(logits) - 1 at every step, so whatever the
+    start, every sampler's last step returns it: the probabilities are the network's softmax, with no variance."""
+    logits = torch.tensor([0.3, -0.5])
+    image, x0_pre, slicers, gaussian = case_inputs()
+    settings = SamplingSettings(t_prime=20, ensemble_size=3, sampler=sampler, steps=steps, seed=5)
+    config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
+    result = sample_case([ConstantLogits(logits)], image, x0_pre, slicers, gaussian, settings, config, "case_7", CPU,
+                         lambda: torch.autocast("cpu", enabled=False))
+    expected = torch.softmax(logits, 0).reshape(2, 1, 1, 1).expand_as(result.probabilities)
+    assert torch.allclose(result.probabilities, expected, atol=1e-5)
+    assert result.uncertainty.abs().max() < 1e-8
