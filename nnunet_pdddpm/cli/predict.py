@@ -155,7 +155,7 @@ def make_predictor(args: argparse.Namespace):
         seed=args.seed, vanilla=args.vanilla, uncertainty=args.uncertainty,
         soft_pre_segmentation=args.soft_preseg, max_batch_size=args.max_batch_size,
         memory_budget_gb=args.memory_budget_gb, channels_last=args.channels_last, compile_denoiser=args.compile)
-    predictor.sampling.validate(predictor.diffusion_config.num_train_timesteps)
+    predictor.check_settings(predictor.sampling)
     if not args.vanilla:
         source = "--t_prime" if args.t_prime is not None else predictor.t_prime_source
         print(f"PD-DDPM with T'={predictor.sampling.t_prime} (from {source}).", flush=True)

@@ -204,7 +204,7 @@ def _diffusion_runs(paths: DemoPaths, profile: DemoRunProfile, device: str, seed
               "-tr", profile.denoiser_trainer, "-f", str(profile.fold), "-device", device]
     sampled = False
     for method, s in settings.items():
-        s.validate(runner.predictor.diffusion_config.num_train_timesteps)
+        runner.predictor.check_settings(s)
         sampled = sampled or bool(runner.pending_cases(METHOD_FOLDERS[method], s))
         flags = ["--ensemble", str(s.ensemble_size), "--sampler", s.sampler, "--seed", str(seed)]
         flags += ["--steps", str(s.steps)] if s.steps else []

@@ -115,7 +115,7 @@ class ExperimentRunner:
     def settings(self, **changes) -> SamplingSettings:
         """The denoiser trainer's sampling settings with ``changes`` applied (None values are ignored)."""
         settings = replace(self.defaults, **{k: v for k, v in changes.items() if v is not None})
-        settings.validate(self.predictor.diffusion_config.num_train_timesteps)
+        self.predictor.check_settings(settings)
         return settings
 
     def pre_segmentation(self, checkpoint: str | None = None) -> CachedPreSegmentation:

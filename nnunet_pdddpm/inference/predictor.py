@@ -109,7 +109,7 @@ class PDDDPMPredictor(nnUNetPredictor):
         if auto is not None:
             self.sampling.t_prime, where = auto
             self.t_prime_source = f"the validation sweep ({where})"
-            self.sampling.validate(self.diffusion_config.num_train_timesteps)
+            self.check_settings(self.sampling)
 
     def manual_initialization_pdddpm(self, networks: list[nn.Module], plans_manager: PlansManager,
                                      configuration_manager, dataset_json: dict, pdddpm_settings: dict,
@@ -125,11 +125,28 @@ class PDDDPMPredictor(nnUNetPredictor):
         self.network = self.networks[0]
         self.list_of_parameters = []
         self.diffusion_config = DiffusionConfig.from_dict(pdddpm_settings["diffusion"])
+        T = self.diffusion_config.num_train_timesteps
+        self.trained_timesteps = int(pdddpm_settings.get("training", {}).get("timestep_range") or T)
         if self.sampling is None:
             s = pdddpm_settings["sampling"]
             self.sampling = SamplingSettings(t_prime=s["t_prime"], ensemble_size=s["ensemble_size"],
                                              sampler=s["sampler"], steps=s["steps"])
-        self.sampling.validate(self.diffusion_config.num_train_timesteps)
+        self.check_settings(self.sampling)
+
+    def check_settings(self, settings: SamplingSettings) -> None:
+        """Raise :class:`PDDDPMUserError` (one sentence) for settings invalid for this denoiser, before any work.
+
+        Besides ``settings.validate``: a denoiser trained on timesteps below ``timestep_range`` is never run above
+        it (T' > range, or vanilla sampling from T), where it never learned anything.
+        """
+        settings.validate(self.diffusion_config.num_train_timesteps)
+        t_prime = settings.effective_t_prime(self.diffusion_config.num_train_timesteps)
+        if t_prime > self.trained_timesteps:
+            asked = "--vanilla (sampling from T)" if settings.vanilla else f"--t_prime {settings.t_prime}"
+            raise PDDDPMUserError(
+                f"This denoiser ({self.trainer_name}) was trained on timesteps below {self.trained_timesteps} "
+                f"(its timestep_range), so {asked} would run it where it never learned; use --t_prime "
+                f"{self.trained_timesteps} or less, or a denoiser trained on all timesteps.")
 
     def set_pre_segmenter(self, pre_segmenter) -> None:
         """A ``ModelPreSegmenter`` (checked against the denoiser now) or an ``NpzPreSegmentation``."""

@@ -4,8 +4,9 @@ The pre-segmenter is looked up in ``nnUNet_results/<dataset>/<T>__<plans>__<conf
 checkpoint_final.pth`` for each trainer name ``T`` in ``trainer.pre_segmenter_trainers`` (first
 found wins): the same fold, so validation cases were not seen by it either. Without one, the
 documented fallback is the vanilla reverse process from pure noise at T with the trainer's sampler
-and steps. Segmentations go to ``fold_X/validation/``, uncertainty maps to
-``fold_X/validation/uncertainty/``, and nnU-Net's ``summary.json`` is computed as nnU-Net does.
+and steps (skipped, with a message, for a denoiser trained on part of the timesteps). Segmentations go to
+``fold_X/validation/``, uncertainty maps to ``fold_X/validation/uncertainty/``, and nnU-Net's
+``summary.json`` is computed as nnU-Net does.
 
 With a pre-segmenter and ``trainer.t_prime_sweep`` candidates, T' is chosen first: PD-DDPM with a fast
 sampler for each candidate on the same validation cases (``inference/t_prime_sweep.py``); the best goes to
@@ -74,6 +75,13 @@ def run_final_validation(trainer, save_probabilities: bool = False) -> None:
                                 sampler=trainer.sampler, steps=trainer.sampling_steps)
     pre_folder = find_pre_segmenter_folder(trainer)
     settings.vanilla = pre_folder is None
+    if settings.vanilla and trainer.max_training_timestep < trainer.diffusion_config.num_train_timesteps:
+        trainer.print_to_log_file(
+            f"Final validation skipped: no pre-segmenter ({', '.join(trainer.pre_segmenter_trainers)}) was found for "
+            f"fold {trainer.fold}, and the fallback (vanilla sampling from T) needs a denoiser trained on all "
+            f"timesteps (this one: t < {trainer.max_training_timestep}). Train the pre-segmenter, then run this "
+            f"training again with --val.", also_print_to_console=True)
+        return
     predictor = PDDDPMPredictor(device=trainer.device, allow_tqdm=False, sampling=settings)
     predictor.manual_initialization_pdddpm([trainer.ema.shadow], trainer.plans_manager,
                                            trainer.configuration_manager, trainer.dataset_json,

@@ -138,3 +138,24 @@ def test_predict_single_npy_array_returns_maps_in_the_input_shape(env, pre_segme
     seg, probs, unc = p.predict_single_npy_array(image, props)
     assert seg.shape == image.shape[1:] and unc.shape == image.shape[1:] and probs.shape == (2, *image.shape[1:])
     assert np.array_equal(seg, probs.argmax(0)) and unc.dtype == np.float32 and unc.min() >= 0 and unc.max() > 0
+
+
+def test_t_prime_above_the_trained_timesteps_is_refused_before_any_work(env):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs
+
+    folder = model_folder(env, "PDDDPMTrainer_tiny")
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    settings = {**ckpt["pdddpm"], "training": {**ckpt["pdddpm"]["training"], "timestep_range": 40}}
+    plans = PlansManager(load_json(folder / "plans.json"))
+    p = PDDDPMPredictor(device=CPU, allow_tqdm=False)
+    p.manual_initialization_pdddpm([build_denoiser_from_kwargs(settings["denoiser_kwargs"])], plans,
+                                   plans.get_configuration("2d"), load_json(folder / "dataset.json"), settings,
+                                   "PDDDPMTrainer_tiny", None)
+    p.check_settings(SamplingSettings(t_prime=40))  # the first evaluation is at index 39: trained
+    with pytest.raises(PDDDPMUserError, match="trained on timesteps below 40.*--t_prime 41 would run it"):
+        p.check_settings(SamplingSettings(t_prime=41))
+    with pytest.raises(PDDDPMUserError, match=r"--vanilla \(sampling from T\) would run it"):
+        p.check_settings(SamplingSettings(t_prime=20, vanilla=True))
