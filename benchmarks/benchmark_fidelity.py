@@ -6,10 +6,13 @@ denoisers (the paper's recipe and the training options of ``PDDDPMTrainer``) are
 through ``nnunet_pdddpm_seed``). Every (pre-segmenter, denoiser) pair is sampled on the same test cases;
 a pre-segmenter's own row uses its softmax as the uncertainty map (p(1-p), the Bernoulli variance: the
 baseline a user already has). Per case: Dice, HD95, lesion F1, AVD, and the error-AUROC of the uncertainty
-map (does it point at the voxels that method got wrong). Differences against the pre-segmenter are paired
-over (seed, case) with bootstrap 95 % intervals.
+map (does it point at the voxels that method got wrong); PD-DDPM is scored with two maps of one ensemble,
+the paper's variance and the entropy of the mean. Differences against the pre-segmenter are paired over
+(seed, case) with bootstrap 95 % intervals, and so are PD-DDPM's Dice differences against plain nnU-Net
+trained with the pre-segmenter's and the denoiser's training samples together (the same budget).
+A denoiser trained on its pre-segmenter's predictions is sampled from that pre-segmenter only.
 
-    python -m benchmarks.benchmark_fidelity -o WORK          # the README's table (estimated ~1 h, 2 cores)
+    python -m benchmarks.benchmark_fidelity -o WORK          # the README's table (3 seeds: ~1.5 h alone, 2 cores)
     python -m benchmarks.benchmark_fidelity -o WORK --seeds 0 --denoisers PDDDPMTrainer_demoCPU_x0 ...
     python -m benchmarks.benchmark_fidelity -o WORK --quick               # the tiny set and models (tests)
 
@@ -65,8 +68,8 @@ class Setup:
 # the CPU demo's images (16 training cases), with 12 test cases instead of 4
 FULL = Setup(dataclasses.replace(CPU_DATASET, num_test=12, name="fidelity"), 988, "PDDDPMFidelity",
              ("nnUNetTrainer_demoCPU", "PDDDPMAttUNetTrainer_demoCPU"),
-             ("PDDDPMTrainer_demoCPU", "PDDDPMTrainer_demoCPU_preseg", "PDDDPMTrainer_demoCPU_presegNN"), 100, 5, 3,
-             ("ddim",), "nnUNetTrainer_demoCPU_long")
+             ("PDDDPMTrainer_demoCPU", "PDDDPMTrainer_demoCPU_preseg"), 300, 5, 3, ("ddim",),
+             "nnUNetTrainer_demoCPU_long")
 QUICK = Setup("tiny", 984, "PDDDPMFidelityTiny", ("PDDDPMAttUNetTrainer_tiny",),
               ("PDDDPMTrainer_tiny", "PDDDPMTrainer_tiny_preseg"), 20, 2, 2, ("ddim",))
 
@@ -78,12 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Training seeds (default: 0 1 2).")
     p.add_argument("--pre_segmenters", nargs="+", help="Pre-segmenter trainers (default: plain nnU-Net and the "
                                                         "attention U-Net at the CPU demo's budget).")
-    p.add_argument("--denoisers", nargs="+", help="Denoiser trainers (default: the paper's recipe and _aware).")
-    p.add_argument("--t_prime", type=int, help="T' of PD-DDPM (default 100; quick 20).")
+    p.add_argument("--denoisers", nargs="+", help="Denoiser trainers (default: the paper's recipe and _preseg).")
+    p.add_argument("--t_prime", type=int, help="T' of PD-DDPM (default 300, the paper's; quick 20).")
     p.add_argument("--steps", type=int, help="Steps of the fast samplers from T' (default 5; quick 2).")
     p.add_argument("--ensemble", type=int, help="Ensemble size (default 3; quick 2).")
     p.add_argument("--samplers", nargs="+", choices=("ddim", "dpm++", "ddpm"),
-                   help="Samplers (default: ddim dpm++); ddpm runs every step from T'.")
+                   help="Samplers (default: ddim); ddpm runs every step from T'.")
     p.add_argument("--yardstick", help="Plain nnU-Net trainer at PD-DDPM's total training budget, compared with every "
                                        "PD-DDPM row (default nnUNetTrainer_demoCPU_long; 'none' for none).")
     p.add_argument("-np", "--num_processes", type=int, default=1, help="nnU-Net worker processes (default 1).")

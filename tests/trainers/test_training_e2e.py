@@ -25,7 +25,8 @@ def test_denoiser_checkpoint_is_safe_and_complete(trained):
     assert ckpt["current_epoch"] == 2
     settings = ckpt["pdddpm"]
     assert settings["diffusion"] == {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
-                                     "prediction_type": "epsilon", "clip_sample": True}
+                                     "prediction_type": "epsilon", "clip_sample": True,
+                                     "output_activation": "identity"}
     assert settings["labels"] == [0, 1] and settings["num_image_channels"] == 1
     assert settings["sampling"] == {"t_prime": 20, "ensemble_size": 2, "sampler": "ddim", "steps": 4}
     assert settings["denoiser_kwargs"]["features_per_stage"][0] == 8
