@@ -213,7 +213,7 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
     def _noisy_input(self, data: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
                      noise: torch.Tensor | None = None, error_fraction: float = 0.0, keys: list[str] | None = None):
         """(x0 of the ground truth, noise, x_t); with ``error_fraction`` that share of the samples is diffused
-        from a mask with simulated pre-segmenter errors instead of the ground truth."""
+        from an imperfect mask (``_imperfect_masks``) instead of the ground truth."""
         x0 = encode_labels(target, self.labels)
         noise = torch.randn_like(x0) if noise is None else noise
         start = x0
