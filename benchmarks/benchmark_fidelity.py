@@ -10,7 +10,8 @@ map (does it point at the voxels that method got wrong); PD-DDPM is scored with 
 the paper's variance and the entropy of the mean. Differences against the pre-segmenter are paired over
 (seed, case) with bootstrap 95 % intervals, and so are PD-DDPM's Dice differences against plain nnU-Net
 trained with the pre-segmenter's and the denoiser's training samples together (the same budget).
-A denoiser trained on its pre-segmenter's predictions is sampled from that pre-segmenter only.
+A denoiser trained on its pre-segmenter's predictions is sampled from that pre-segmenter only; for one trained
+on out-of-fold predictions (``_oof``) the pre-segmenter's folds 1-4 are trained first.
 
     python -m benchmarks.benchmark_fidelity -o WORK          # the README's table (3 seeds: ~1.5 h alone, 2 cores)
     python -m benchmarks.benchmark_fidelity -o WORK --seeds 0 --denoisers PDDDPMTrainer_demoCPU_x0 ...
@@ -121,16 +122,28 @@ def model_folder(work: Path, seed: int, dataset: str, trainer: str) -> Path:
     return results_folder(work, seed) / dataset / f"{trainer}__nnUNetPlans__2d"
 
 
-def train(work: Path, setup: Setup, dataset: str, env: dict, seed: int, trainer: str) -> float | None:
-    """``nnUNetv2_train`` of fold 0 with seed ``seed`` (skipped when its final checkpoint exists)."""
-    fold = model_folder(work, seed, dataset, trainer) / "fold_0"
-    if (fold / "checkpoint_final.pth").is_file():
+def train(work: Path, setup: Setup, dataset: str, env: dict, seed: int, trainer: str, fold: int = 0) -> float | None:
+    """``nnUNetv2_train`` of ``fold`` with seed ``seed`` (skipped when its final checkpoint exists)."""
+    folder = model_folder(work, seed, dataset, trainer) / f"fold_{fold}"
+    if (folder / "checkpoint_final.pth").is_file():
         return None
     env = dict(env, nnUNet_results=str(results_folder(work, seed)), **{SEED_VARIABLE: str(seed)})
-    resume = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else []
-    print(f"seed {seed}: training {trainer}", flush=True)
-    return run_command(["nnUNetv2_train", str(setup.dataset_id), "2d", "0", "-tr", trainer, "-device", "cpu",
-                        *resume], env, work / "logs" / f"train_seed{seed}_{trainer}.log", indent="      ")
+    resume = ["--c"] if (folder / "checkpoint_latest.pth").is_file() else []
+    print(f"seed {seed}: training {trainer}" + (f" fold {fold}" if fold else ""), flush=True)
+    log = work / "logs" / (f"train_seed{seed}_{trainer}" + ("" if fold == 0 else f"_fold{fold}") + ".log")
+    return run_command(["nnUNetv2_train", str(setup.dataset_id), "2d", str(fold), "-tr", trainer, "-device", "cpu",
+                        *resume], env, log, indent="      ")
+
+
+def extra_pre_segmenter_folds(denoiser: str, pre_segmenters: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(pre-segmenter, fold) pairs an out-of-fold denoiser needs besides fold 0: every other fold of each
+    pre-segmenter it trains with (each training case is segmented by the fold that held it out)."""
+    import nnunet_pdddpm.trainers as trainers
+
+    cls = getattr(trainers, denoiser, None)
+    if cls is None or getattr(cls, "pre_segmentation_source", "simulated") != "out_of_fold":
+        return []
+    return [(p, f) for p in pre_segmenters if p in cls.pre_segmenter_trainers for f in range(1, 5)]
 
 
 def per_case(runner, name: str) -> dict[str, dict[str, float]]:
@@ -216,7 +229,7 @@ def pairs_with(denoiser: str, pre_segmenter: str) -> bool:
     import nnunet_pdddpm.trainers as trainers
 
     cls = getattr(trainers, denoiser, None)
-    if cls is None or getattr(cls, "pre_segmentation_source", "simulated") != "pre_segmenter":
+    if cls is None or getattr(cls, "pre_segmentation_source", "simulated") not in ("pre_segmenter", "out_of_fold"):
         return True
     return pre_segmenter in cls.pre_segmenter_trainers
 
@@ -293,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in args.seeds:
         for trainer in (*setup.pre_segmenters, *([setup.yardstick] if setup.yardstick else []), *setup.denoisers):
+            for pre_segmenter, fold in extra_pre_segmenter_folds(trainer, setup.pre_segmenters):
+                train(work, setup, dataset.name, env, seed, pre_segmenter, fold)
             train(work, setup, dataset.name, env, seed, trainer)
         if setup.yardstick:
             results.append({"seed": seed, "pre_segmenter": setup.yardstick, "denoiser": "",

@@ -51,3 +51,17 @@ def test_quick_mode_trains_samples_and_pairs_against_the_pre_segmenter(tmp_path)
     assert "Training on the predictions of the pre-segmenter" in log and "PDDDPMAttUNetTrainer_tiny__" in log
     assert pre["uncertainty_auroc"] is None or 0 <= pre["uncertainty_auroc"] <= 1
     assert (work / "fidelity.csv").read_text().startswith("pre_segmenter,denoiser,method")
+
+
+def test_out_of_fold_denoiser_brings_its_pre_segmenter_folds_and_pairs_only_with_it():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.benchmark_fidelity import extra_pre_segmenter_folds, pairs_with
+
+    pre_segmenters = ("nnUNetTrainer_demoCPU", "PDDDPMAttUNetTrainer_demoCPU")
+    assert extra_pre_segmenter_folds("PDDDPMTrainer_demoCPU_oof", pre_segmenters) == [
+        ("PDDDPMAttUNetTrainer_demoCPU", f) for f in (1, 2, 3, 4)]
+    for denoiser in ("PDDDPMTrainer_demoCPU", "PDDDPMTrainer_demoCPU_preseg", "nnUNetTrainer_demoCPU"):
+        assert extra_pre_segmenter_folds(denoiser, pre_segmenters) == []
+    assert pairs_with("PDDDPMTrainer_demoCPU_oof", "PDDDPMAttUNetTrainer_demoCPU")
+    assert not pairs_with("PDDDPMTrainer_demoCPU_oof", "nnUNetTrainer_demoCPU")
+    assert pairs_with("PDDDPMTrainer_demoCPU", "nnUNetTrainer_demoCPU")
