@@ -64,6 +64,7 @@ class Setup:
     ensemble_size: int
     samplers: tuple[str, ...]
     yardstick: str | None = None  # plain nnU-Net trained with the pre-segmenter's and the denoiser's budget together
+    starts: tuple[str, ...] = ("hard",)  # x_pre: the pre-segmenter's argmax ("hard") or its probabilities ("soft")
 
 
 # the CPU demo's images (16 training cases), with 12 test cases instead of 4
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Samplers (default: ddim); ddpm runs every step from T'.")
     p.add_argument("--yardstick", help="Plain nnU-Net trainer at PD-DDPM's total training budget, compared with every "
                                        "PD-DDPM row (default nnUNetTrainer_demoCPU_long; 'none' for none).")
+    p.add_argument("--starts", nargs="+", choices=("hard", "soft"), default=["hard"],
+                   help="Diffuse the pre-segmenter's argmax (hard, the paper) and/or its probabilities as 2p - 1 "
+                        "(soft, --soft_preseg of predict) (default: hard).")
     p.add_argument("-np", "--num_processes", type=int, default=1, help="nnU-Net worker processes (default 1).")
     return p
 
@@ -100,7 +104,7 @@ def resolve(args) -> Setup:
                  tuple(args.pre_segmenters or base.pre_segmenters), tuple(args.denoisers or base.denoisers),
                  args.t_prime or base.t_prime, args.steps or base.steps, args.ensemble or base.ensemble_size,
                  tuple(args.samplers or base.samplers),
-                 None if args.yardstick == "none" else (args.yardstick or base.yardstick))
+                 None if args.yardstick == "none" else (args.yardstick or base.yardstick), tuple(args.starts))
 
 
 def prepare_dataset(work: Path, setup: Setup, num_processes: int) -> tuple[Path, dict]:
@@ -164,12 +168,14 @@ def sample_pair(work: Path, seed: int, dataset: Path, pre_segmenter: str, denois
     runner = ExperimentRunner(models, dataset / "imagesTs", dataset / "labelsTs", out, verbose=False)
     pre = runner.pre_segmentation()
     rows = [softmax_row(runner, pre)]
-    for sampler in setup.samplers:
+    for sampler, start in ((sampler, start) for sampler in setup.samplers for start in setup.starts):
         steps = None if sampler == "ddpm" else setup.steps
         settings = runner.settings(t_prime=setup.t_prime, ensemble_size=setup.ensemble_size, sampler=sampler,
-                                   steps=steps, max_batch_size=32, uncertainty="variance")
+                                   steps=steps, max_batch_size=32, uncertainty="variance",
+                                   soft_pre_segmentation=start == "soft")
         settings.steps = steps
-        names = {u: f"pdddpm_{sampler}" + ("" if u == "variance" else f"_{u}") for u in UNCERTAINTIES}
+        stem = f"pdddpm_{sampler}" + ("" if start == "hard" else "_soft")
+        names = {u: stem + ("" if u == "variance" else f"_{u}") for u in UNCERTAINTIES}
         for name in names.values():
             forget_other_settings(runner.folder(name), settings)
         todo = sorted({c for name in names.values() for c in runner.pending_cases(name, settings)})
@@ -180,7 +186,8 @@ def sample_pair(work: Path, seed: int, dataset: Path, pre_segmenter: str, denois
                 runner.export(name, case, result.probabilities, maps[u], nfe, seconds)
         for u, name in names.items():
             run = runner.evaluate(name)
-            rows.append({"method": f"PD-DDPM ({u})", "sampler": f"{sampler} {steps or setup.t_prime} steps",
+            rows.append({"method": f"PD-DDPM ({u})", "sampler": f"{sampler} {steps or setup.t_prime} steps"
+                                                                 + ("" if start == "hard" else ", soft start"),
                          "nfe": run.nfe_per_case, "seconds": run.seconds_per_case, "cases": per_case(runner, name)})
     return rows
 
@@ -216,6 +223,8 @@ def forget_other_settings(folder: Path, settings) -> None:
     import shutil
 
     key = {k: settings.to_dict()[k] for k in ("t_prime", "ensemble_size", "sampler", "steps", "seed")}
+    if settings.soft_pre_segmentation:  # (absent for hard starts: folders of earlier runs stay valid)
+        key["soft_pre_segmentation"] = True
     record = folder / "benchmark_settings.json"
     if record.is_file() and json.loads(record.read_text()) != key:
         shutil.rmtree(folder)

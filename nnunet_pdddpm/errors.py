@@ -5,6 +5,8 @@ import functools
 import sys
 from typing import Callable, TypeVar
 
+from nnunet_pdddpm.interruption import ending_child_processes
+
 F = TypeVar("F", bound=Callable[..., object])
 
 
@@ -13,15 +15,17 @@ class PDDDPMUserError(Exception):
 
 
 def cli_entry(func: F) -> F:
-    """Wrap a console-script ``main``: a :class:`PDDDPMUserError` prints ``error: <sentence>`` and exits 2."""
+    """Wrap a console-script ``main``: a :class:`PDDDPMUserError` prints ``error: <sentence>`` and exits 2;
+    SIGTERM and Ctrl-C end every child process and exit with 128 + the signal number."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except PDDDPMUserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        with ending_child_processes():
+            try:
+                return func(*args, **kwargs)
+            except PDDDPMUserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
 

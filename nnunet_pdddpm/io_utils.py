@@ -30,11 +30,13 @@ def atomic_path(target: str | os.PathLike) -> Iterator[str]:
     partial = target.parent / PARTIAL_FOLDER
     tmp = partial / f"{uuid.uuid4().hex}_{target.name}"
     while True:  # another writer may remove the (then empty) folder between our mkdir and our file
-        partial.mkdir(parents=True, exist_ok=True)
         try:
+            # mkdir(exist_ok=True) still raises FileExistsError when the folder vanishes between its own
+            # mkdir and is_dir checks
+            partial.mkdir(parents=True, exist_ok=True)
             tmp.touch(exist_ok=False)  # a non-empty folder cannot be removed by others
             break
-        except FileNotFoundError:
+        except (FileNotFoundError, FileExistsError):
             continue
     try:
         yield str(tmp)

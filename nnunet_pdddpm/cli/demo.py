@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "steps). gpu: close to the paper (full-size data, longer training, T'=300, ensemble "
                              "5, DDPM); hours. tiny: for tests only. Default: gpu if a CUDA GPU is available, "
                              "else cpu.")
+    parser.add_argument("-c", choices=("2d", "3d_fullres"), default="2d",
+                        help="nnU-Net configuration of both models (default: 2d, as the paper). 3d_fullres trains "
+                             "and samples 3D patches: slower, and not tuned for the profiles' budgets.")
     parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None,
                         help="Device for training and inference (default: cuda for the gpu profile, else cpu).")
     parser.add_argument("-np", "--num_processes", type=int, default=None,
@@ -60,7 +63,12 @@ def main(argv: list[str] | None = None) -> None:
 
     if not 0 <= args.seed < 2 ** 31:
         raise PDDDPMUserError(f"--seed must lie in [0, 2**31), got {args.seed}.")
-    run_demo(args.output, profile, args.device, num_processes, args.figures, args.seed)
+    from dataclasses import replace
+
+    from nnunet_pdddpm.demo.run_profiles import RUN_PROFILES
+
+    run_demo(args.output, replace(RUN_PROFILES[profile], configuration=args.c), args.device, num_processes,
+             args.figures, args.seed)
 
 
 if __name__ == "__main__":

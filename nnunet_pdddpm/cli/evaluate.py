@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from nnunet_pdddpm.cli.checks import check_output_file
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
 from nnunet_pdddpm.evaluation import evaluate_folders
 from nnunet_pdddpm.io_utils import atomic_path, write_json_atomic
@@ -37,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exclude_label", type=int, default=None,
                         help="WMH rule: reference voxels with this label ('other pathology', 2 in the challenge) "
                         "are not evaluated and the prediction is set to background there.")
+    parser.add_argument("-exclude", default=None,
+                        help="Optional folder of masks CASE<file_ending> on the reference's grid (nonzero = excluded; "
+                        "e.g. otherPathologyTs of nnunet_pdddpm_convert_wmh2017): the WMH rule of --exclude_label "
+                        "for references whose label 2 is kept in a separate file. Reference and prediction are set "
+                        "to background there before every metric.")
     parser.add_argument("--ignore_label", type=int, default=None,
                         help="nnU-Net's ignore label from dataset.json: voxels with it in the reference are not "
                         "evaluated.")
@@ -52,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> tuple[Path, Path]:
     """Check the paths before any image is read; return (json path, csv path)."""
-    for flag, folder in (("-ref", args.ref), ("-pred", args.pred), ("-unc", args.unc), ("-prob", args.prob)):
+    for flag, folder in (("-ref", args.ref), ("-pred", args.pred), ("-unc", args.unc), ("-prob", args.prob),
+                         ("-exclude", args.exclude)):
         if folder is not None and not Path(folder).is_dir():
             raise PDDDPMUserError(f"{flag} {folder} is not an existing folder.")
     output = Path(args.output)
@@ -60,6 +67,7 @@ def _validate(args: argparse.Namespace) -> tuple[Path, Path]:
         raise PDDDPMUserError(f"-o {output} must name a .json file.")
     if output.is_dir():
         raise PDDDPMUserError(f"-o {output} is a folder; give a file name such as {output / 'summary.json'}.")
+    check_output_file("-o", output)
     if output.resolve().parent == Path(args.ref).resolve():
         raise PDDDPMUserError(f"-o {output} is inside the reference folder; write results elsewhere.")
     return output, output.with_suffix(".csv")
@@ -78,7 +86,8 @@ def write_case_csv(summary: dict[str, Any], target: Path) -> None:
 
 
 def format_means(summary: dict[str, Any]) -> str:
-    """Table of means over cases: one row per label, ``value (n NaN)`` where cases were NaN."""
+    """Table of means over cases: one row per label, ``value (n NaN)`` where cases were NaN, and with several
+    labels their mean (every label weighs the same, as nnU-Net's ``foreground_mean``)."""
     names = summary["metric_names"]
     header = ["label", *names]
     rows = []
@@ -89,6 +98,8 @@ def format_means(summary: dict[str, Any]) -> str:
             text = "nan" if math.isnan(value) else f"{value:.4g}"
             cells.append(f"{text} ({n_nan} NaN)" if n_nan else text)
         rows.append(cells)
+    if len(summary["mean"]) > 1 and "foreground_mean" in summary:
+        rows.append(["mean", *(f"{summary['foreground_mean'][name]:.4g}" for name in names)])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     return "\n".join(lines)
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = evaluate_folders(
         args.ref, args.pred, unc_dir=args.unc, prob_dir=args.prob, labels=args.labels,
         file_ending=args.file_ending, ignore_label=args.ignore_label, exclude_label=args.exclude_label,
-        allow_missing=args.allow_missing,
+        allow_missing=args.allow_missing, exclude_dir=args.exclude,
     )
     write_json_atomic(summary, json_path)
     write_case_csv(summary, csv_path)

@@ -9,6 +9,14 @@ import argparse
 import os
 from pathlib import Path
 
+from nnunet_pdddpm.cli import TRUST_HELP
+from nnunet_pdddpm.cli.checks import (
+    check_inputs_against_model,
+    check_output_folder,
+    check_steps_within_t_prime,
+    dataset_name,
+    require_nnunet_results,
+)
 from nnunet_pdddpm.diffusion import SAMPLERS
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
 
@@ -44,9 +52,13 @@ def _common_parser() -> argparse.ArgumentParser:
     g.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="Device. Default: cuda.")
     g.add_argument("-step_size", type=float, default=0.5, help="Sliding-window step (fraction of the patch).")
     g.add_argument("--disable_tta", action="store_true", help="No test-time mirroring for the pre-segmenter.")
+    g.add_argument("--trust_checkpoints", action="store_true", help=TRUST_HELP)
     s = p.add_argument_group("sampling (defaults: the denoiser trainer's settings)")
     s.add_argument("--t_prime", type=int, default=None, help="T' (table1, ensemble, preseg_quality).")
-    s.add_argument("--ensemble", type=int, default=None, help="Samples per fold (table1, tprime, preseg_quality).")
+    s.add_argument("--ensemble", type=int, default=None,
+                   help="Samples per case, dealt out over the folds (table1, tprime, preseg_quality).")
+    s.add_argument("--ensemble_per_fold", action="store_true",
+                   help="--ensemble samples from every fold instead (folds x --ensemble in all).")
     s.add_argument("--sampler", choices=SAMPLERS, default=None, help="ddpm (paper), ddim or dpm++ (with --steps).")
     s.add_argument("--steps", type=int, default=None, help="Network evaluations per reverse process.")
     s.add_argument("--seed", type=int, default=0, help="Seed of the samples (and of noise degradations).")
@@ -107,6 +119,53 @@ def validate_args(args: argparse.Namespace) -> None:
         raise PDDDPMUserError(f"-step_size must be in (0, 1], got {args.step_size}.")
     if Path(args.o).resolve() in (Path(args.i).resolve(), Path(args.ref).resolve()):
         raise PDDDPMUserError("-o must differ from -i and -ref.")
+    check_output_folder("-o", args.o)
+    if args.t_prime is not None and args.experiment != "tprime":
+        check_steps_within_t_prime(args.steps, args.t_prime, "--t_prime")
+    if values is not None and args.experiment == "tprime" and max(values) > 0:
+        smallest = min(v for v in values if v > 0)
+        check_steps_within_t_prime(args.steps, smallest, "the smallest nonzero T' in --values")
+    require_nnunet_results()
+    dataset_name(args.d)
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """The test images against the denoiser's dataset.json and plans, before any checkpoint loads."""
+    if Path(args.i).is_dir():  # (a missing -i is named when the runner starts)
+        check_inputs_against_model(args.i, dataset_name(args.d), args.tr, args.p, args.c)
+
+
+def check_settings_before_work(args: argparse.Namespace, runner) -> None:
+    """Every sampling setting the experiment will run, checked against the loaded denoiser before anything is
+    written (T' values above T or above the denoiser's trained timesteps, --steps above T')."""
+    predictor = runner.predictor
+    T = predictor.diffusion_config.num_train_timesteps
+    sampling = sampling_overrides(args)
+    if args.experiment == "tprime":
+        from nnunet_pdddpm.experiments.tprime import DEFAULT_VALUES
+
+        values = sorted(set(args.values or DEFAULT_VALUES))
+        limit = min(T, predictor.trained_timesteps)
+        if values[-1] > limit:
+            why = (f"T={T}, the denoiser's number of diffusion steps" if limit == T else
+                   f"this denoiser was trained on timesteps below {limit} (its timestep_range)")
+            given = "--values" if args.values else "the default --values"
+            raise PDDDPMUserError(f"{given} {' '.join(str(v) for v in values if v > limit)} exceed the largest T' "
+                                  f"of {limit} ({why}); give T' values from 0 to {limit}.")
+        for value in values:
+            runner.settings(**{**sampling, "t_prime": value})
+        if values[-1] > 0:
+            smallest = min(v for v in values if v > 0)
+            check_steps_within_t_prime(args.steps, smallest, "the smallest nonzero T' in --values")
+        return
+    settings = runner.settings(**sampling)
+    if args.t_prime is None:
+        check_steps_within_t_prime(args.steps, settings.t_prime, predictor.t_prime_source)
+    if args.experiment == "table1":
+        vanilla = {"sampler": args.vanilla_sampler, "steps": args.vanilla_steps}
+        runner.settings(**{**sampling, **{k: v for k, v in vanilla.items() if v is not None}}, vanilla=True)
+        flag = "--steps" if args.vanilla_steps is None else "--vanilla_steps"
+        check_steps_within_t_prime(args.vanilla_steps or args.steps, T, "T, for vanilla DDPM", flag)
 
 
 def make_runner(args: argparse.Namespace):
@@ -132,21 +191,24 @@ def make_runner(args: argparse.Namespace):
         denoiser_folder=get_output_folder(dataset, args.tr, args.p, args.c),
         pre_segmenter_folder=get_output_folder(dataset, args.preseg_tr, args.p, args.preseg_c or args.c),
         folds=folds, checkpoint=args.chk, pre_segmenter_checkpoint=args.preseg_chk, device=args.device,
-        use_mirroring=not args.disable_tta, tile_step_size=args.step_size)
+        use_mirroring=not args.disable_tta, tile_step_size=args.step_size, trust_checkpoints=args.trust_checkpoints)
     return ExperimentRunner(models, args.i, args.ref, args.o)
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:
     """CLI sampling flags as :class:`SamplingSettings` fields (None = the trainer's value)."""
     return {"t_prime": args.t_prime, "ensemble_size": args.ensemble, "sampler": args.sampler, "steps": args.steps,
-            "seed": args.seed, "max_batch_size": args.max_batch_size}
+            "seed": args.seed, "max_batch_size": args.max_batch_size,
+            "ensemble_per_fold": args.ensemble_per_fold or None}
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     validate_args(args)
+    check_inputs(args)
     runner = make_runner(args)
+    check_settings_before_work(args, runner)
     output = Path(args.o)
     os.makedirs(output, exist_ok=True)
     sampling = sampling_overrides(args)

@@ -11,6 +11,14 @@ from os.path import abspath, isdir
 
 import torch
 
+from nnunet_pdddpm.cli import TRUST_HELP
+from nnunet_pdddpm.cli.checks import (
+    check_inputs_against_model,
+    check_output_folder,
+    check_steps_within_t_prime,
+    dataset_name,
+    require_nnunet_results,
+)
 from nnunet_pdddpm.diffusion import SAMPLERS
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
 from nnunet_pdddpm.inference.settings import UNCERTAINTY_KINDS, SamplingSettings
@@ -59,11 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-preseg_probabilities", default=None,
                    help="Folder of CASE.npz files from nnUNetv2_predict --save_probabilities of any model; used "
                         "instead of a pre-segmentation model.")
+    s.add_argument("--trust_checkpoints", action="store_true", help=TRUST_HELP)
     d = p.add_argument_group("sampling (defaults: the denoiser trainer's settings; PDDDPMTrainer: paper's)")
     d.add_argument("--t_prime", type=int, default=None,
                    help="T': steps of the reverse process (0..T). Default: the T' the denoiser's final validation "
                         "chose (fold_X/pdddpm_t_prime.json), else the trainer's (paper: 300).")
-    d.add_argument("--ensemble", type=int, default=None, help="Samples per fold (paper: 5).")
+    d.add_argument("--ensemble", type=int, default=None,
+                   help="Samples per case (paper: 5), dealt out over the folds: 5 samples from 5 folds are one each, "
+                        "from 2 folds 3 + 2. Default: the denoiser trainer's ensemble_size.")
+    d.add_argument("--ensemble_per_fold", action="store_true",
+                   help="Draw --ensemble samples from every fold instead (folds x --ensemble in all).")
     d.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="ddpm (ancestral, paper), ddim or dpm++ (deterministic, use with --steps).")
     d.add_argument("--steps", type=int, default=None,
@@ -73,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Baseline: start from pure noise at T and run the full reverse process (no pre-segmenter).")
     d.add_argument("--uncertainty", choices=UNCERTAINTY_KINDS, default="variance",
                    help="variance across the ensemble (paper), predictive entropy, or none.")
+    d.add_argument("--uncertainty_per_class", action="store_true",
+                   help="Also write one map per foreground class (CASE_uncertainty_class1.nii.gz, ...): that "
+                        "class's variance, or with entropy its binary entropy. CASE_uncertainty stays their mean.")
     d.add_argument("--soft_preseg", action="store_true",
                    help="Encode the pre-segmenter's probabilities (2p-1) instead of its argmax (paper: argmax).")
     d.add_argument("--max_batch_size", type=int, default=16, help="Samples (patches x members) per network call.")
@@ -102,21 +118,22 @@ def _folds(values):
 
 
 def _dataset_name(dataset: str) -> str:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    try:
-        return maybe_convert_to_dataset_name(dataset)
-    except RuntimeError:
-        raise PDDDPMUserError(f"Dataset {dataset} was not found in nnUNet_raw, nnUNet_preprocessed or "
-                              f"nnUNet_results; check -d and the nnU-Net environment variables.") from None
+    return dataset_name(dataset)
 
 
 def validate_args(args: argparse.Namespace) -> None:
     """Cheap checks before any model is loaded."""
     if not isdir(args.i):
-        raise PDDDPMUserError(f"Input folder -i {args.i} does not exist.")
+        what = "is a file, not a folder" if os.path.exists(args.i) else "does not exist"
+        raise PDDDPMUserError(f"Input folder -i {args.i} {what}; give the folder of input images "
+                              f"(CASE_0000.nii.gz, ...).")
     if abspath(args.i) == abspath(args.o):
         raise PDDDPMUserError("-o must differ from -i: predictions would mix with the input images.")
+    check_output_folder("-o", args.o)
+    if args.o_uncertainty is not None:
+        check_output_folder("-o_uncertainty", args.o_uncertainty)
+    if args.num_parts < 1:
+        raise PDDDPMUserError(f"-num_parts must be at least 1, got {args.num_parts}.")
     if not 0 <= args.part_id < args.num_parts:
         raise PDDDPMUserError(f"-part_id must be in 0..{args.num_parts - 1} for -num_parts {args.num_parts}.")
     if not 0 < args.step_size <= 1:
@@ -129,6 +146,24 @@ def validate_args(args: argparse.Namespace) -> None:
         raise PDDDPMUserError(f"--steps must be at least 1, got {args.steps}.")
     if args.max_batch_size < 1:
         raise PDDDPMUserError(f"--max_batch_size must be at least 1, got {args.max_batch_size}.")
+    if args.t_prime is not None and not args.vanilla:
+        check_steps_within_t_prime(args.steps, args.t_prime, "--t_prime")
+    require_nnunet_results()
+    dataset_name(args.d)
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """The input images (names, dimensionality, complete files, finite voxels) against the denoiser's
+    dataset.json and plans, before any checkpoint loads."""
+    check_inputs_against_model(args.i, dataset_name(args.d), args.tr, args.p, args.c, args.part_id, args.num_parts)
+
+
+def check_sampling(args: argparse.Namespace, predictor) -> None:
+    """Checks that need the denoiser: --steps against a T' that comes from the model (or T with --vanilla)."""
+    if args.t_prime is None or args.vanilla:
+        source = "T, with --vanilla" if args.vanilla else predictor.t_prime_source
+        t_prime = predictor.sampling.effective_t_prime(predictor.diffusion_config.num_train_timesteps)
+        check_steps_within_t_prime(args.steps, t_prime, source)
 
 
 def make_predictor(args: argparse.Namespace):
@@ -152,7 +187,8 @@ def make_predictor(args: argparse.Namespace):
         ensemble_size=s.ensemble_size if args.ensemble is None else args.ensemble,
         sampler=s.sampler if args.sampler is None else args.sampler,
         steps=(s.steps if args.sampler is None else None) if args.steps is None else args.steps,
-        seed=args.seed, vanilla=args.vanilla, uncertainty=args.uncertainty,
+        ensemble_per_fold=args.ensemble_per_fold, seed=args.seed, vanilla=args.vanilla, uncertainty=args.uncertainty,
+        per_class_uncertainty=args.uncertainty_per_class,
         soft_pre_segmentation=args.soft_preseg, max_batch_size=args.max_batch_size,
         memory_budget_gb=args.memory_budget_gb, channels_last=args.channels_last, compile_denoiser=args.compile)
     predictor.check_settings(predictor.sampling)
@@ -168,7 +204,7 @@ def make_predictor(args: argparse.Namespace):
             folder = get_output_folder(dataset, args.preseg_tr, args.preseg_p, args.preseg_c or args.c)
             pre = ModelPreSegmenter(folder, _folds(args.preseg_f if args.preseg_f is not None else args.f),
                                     args.preseg_chk, device, use_mirroring=not args.disable_tta,
-                                    tile_step_size=args.step_size)
+                                    tile_step_size=args.step_size, trust_checkpoints=args.trust_checkpoints)
         predictor.set_pre_segmenter(pre)
     return predictor
 
@@ -177,7 +213,9 @@ def make_predictor(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     validate_args(args)
+    check_inputs(args)
     predictor = make_predictor(args)
+    check_sampling(args, predictor)
     os.makedirs(args.o, exist_ok=True)
     predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
                                  overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,

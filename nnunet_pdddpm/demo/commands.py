@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.interruption import end_process_group
 from nnunet_pdddpm.trainers.discovery import ENV_VAR, extended_value
 
 PROGRESS_INTERVAL_S = 10.0
@@ -55,10 +56,15 @@ def run_command(args: list[str], env: dict, log_file: Path, indent: str = "    |
     log_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log_file, "wb") as log:
+        # Its own process group: on SIGTERM/Ctrl-C the command and its workers end together (see interruption.py).
         proc = subprocess.Popen([console_script(args[0]), *args[1:]], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
-        last_line = _stream(proc, log, indent)
-        code = proc.wait()
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            last_line = _stream(proc, log, indent)
+            code = proc.wait()
+        finally:
+            if proc.returncode is None:
+                end_process_group(proc)
     seconds = time.perf_counter() - start
     if code != 0:
         raise PDDDPMUserError(f"{args[0]} failed with exit code {code} (last line: {last_line!r}); its whole output "

@@ -5,6 +5,8 @@ Label handling (``WMH_METRICS.md``): each label is evaluated as a binary mask
 ``excluded_values`` (WMH's "other pathology" label 2, or nnU-Net's ignore label) are not
 evaluated: the prediction is set to background there and the reference is not the label
 there, exactly the challenge's masking; the probability and uncertainty metrics skip them.
+``excluded_mask`` marks such voxels directly (a converted dataset keeps label 2 in its own
+mask folder, see :mod:`nnunet_pdddpm.datasets.wmh2017`) and is treated the same way.
 
 Arrays are in SimpleITK's numpy order ((z, y, x) or (y, x)); ``probabilities`` is
 (K, *shape) with channel 0 = background, so the foreground probability of label ``l`` is
@@ -42,22 +44,29 @@ def evaluate_case(
     excluded_values: Iterable[int] = (),
     probabilities: np.ndarray | None = None,
     uncertainty: np.ndarray | None = None,
+    excluded_mask: np.ndarray | None = None,
 ) -> dict[int, dict[str, float]]:
     """Metrics of one case: ``{label: {metric: value}}``.
 
     ``reference``/``prediction`` are integer label maps of one shape; ``geometry`` is the
     reference image's (for HD95 in mm). The probability metrics are present only when
     ``probabilities`` is given, the uncertainty metrics only when ``uncertainty`` is given.
+    ``excluded_mask`` (bool, the image's shape): more voxels to exclude, like ``excluded_values``.
     """
     reference = np.asarray(reference)
     prediction = np.asarray(prediction)
     if reference.shape != prediction.shape:
         raise ValueError(f"reference shape {reference.shape} differs from prediction shape {prediction.shape}")
     excluded = np.isin(reference, list(excluded_values))
+    if excluded_mask is not None:
+        if np.shape(excluded_mask) != reference.shape:
+            raise ValueError(f"excluded_mask shape {np.shape(excluded_mask)} differs from reference shape "
+                             f"{reference.shape}")
+        excluded |= np.asarray(excluded_mask, dtype=bool)
     valid = ~excluded
     results: dict[int, dict[str, float]] = {}
     for label in labels:
-        ref = reference == label
+        ref = (reference == label) & valid
         pred = (prediction == label) & valid
         metrics = {
             "dice": dice(ref, pred),

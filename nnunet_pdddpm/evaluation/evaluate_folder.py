@@ -4,10 +4,15 @@ Every reference ``CASE{file_ending}`` is paired with ``pred_dir/CASE{file_ending
 when given, ``unc_dir/CASE_uncertainty{file_ending}`` (float map, same grid) and
 ``prob_dir/CASE.npz`` (nnU-Net's ``--save_probabilities`` output: key ``probabilities``,
 shape (K, z, y, x), channel 0 = background). Prediction files without a reference are
-ignored, so keep other maps out of the prediction folder.
+ignored, so keep other maps out of the prediction folder. With ``exclude_dir``, every case also
+needs ``exclude_dir/CASE{file_ending}`` (same grid; nonzero = excluded, e.g. WMH's "other pathology"
+masks kept by ``nnunet_pdddpm_convert_wmh2017``): those voxels are set to background in the reference
+and the prediction before every metric, the challenge's rule for its label 2 (``WMH_METRICS.md``).
 
-All files are checked (presence, size, geometry) from their headers before any voxel is read;
-problems raise :class:`~nnunet_pdddpm.errors.PDDDPMUserError` with one sentence naming the case.
+All files are checked (presence, size, geometry) from their headers, then for completeness and
+finite values in one pass over their stored voxels (SimpleITK reads a truncated file's missing part
+and NaN/inf as zeros), before any metric is computed; problems raise
+:class:`~nnunet_pdddpm.errors.PDDDPMUserError` with one sentence naming the case.
 Metrics per case and label come from :func:`~nnunet_pdddpm.evaluation.case_metrics.evaluate_case`.
 """
 from __future__ import annotations
@@ -30,6 +35,7 @@ from nnunet_pdddpm.evaluation.case_metrics import (
     evaluate_case,
 )
 from nnunet_pdddpm.evaluation.surface import Geometry
+from nnunet_pdddpm.image_integrity import IncompleteImageError, scan_voxels
 
 __all__ = ["evaluate_folders", "UNCERTAINTY_SUFFIX"]
 
@@ -48,14 +54,16 @@ class _CaseFiles:
     prediction: Path
     uncertainty: Path | None
     probabilities: Path | None
+    exclusion: Path | None = None
 
 
 def _pair_cases(
-    ref_dir: Path, pred_dir: Path, unc_dir: Path | None, prob_dir: Path | None, file_ending: str
+    ref_dir: Path, pred_dir: Path, unc_dir: Path | None, prob_dir: Path | None, file_ending: str,
+    exclude_dir: Path | None = None,
 ) -> tuple[list[_CaseFiles], dict[str, list[str]]]:
     """Pair reference cases with their files; returns (complete cases, {case: missing file names})."""
     for name, folder in (("reference", ref_dir), ("prediction", pred_dir), ("uncertainty", unc_dir),
-                         ("probability", prob_dir)):
+                         ("probability", prob_dir), ("exclusion", exclude_dir)):
         if folder is not None and not folder.is_dir():
             raise PDDDPMUserError(f"The {name} folder {folder} does not exist or is not a folder.")
     cases = sorted(f.name[: -len(file_ending)] for f in ref_dir.iterdir()
@@ -70,8 +78,9 @@ def _pair_cases(
             pred_dir / f"{case}{file_ending}",
             None if unc_dir is None else unc_dir / f"{case}{UNCERTAINTY_SUFFIX}{file_ending}",
             None if prob_dir is None else prob_dir / f"{case}.npz",
+            None if exclude_dir is None else exclude_dir / f"{case}{file_ending}",
         )
-        absent = [p.name for p in (files.prediction, files.uncertainty, files.probabilities)
+        absent = [p.name for p in (files.prediction, files.uncertainty, files.probabilities, files.exclusion)
                   if p is not None and not p.is_file()]
         if absent:
             missing[case] = absent
@@ -103,9 +112,28 @@ def _check_same_grid(case: str, role: str, reference: sitk.ImageFileReader, othe
     for name, ref_value, other_value, atol in checks:
         if len(ref_value) != len(other_value) or not np.allclose(ref_value, other_value, rtol=0, atol=atol):
             raise PDDDPMUserError(
-                f"Case '{case}': the {role}'s {name} {tuple(np.round(other_value, 4))} differs from the reference's "
-                f"{tuple(np.round(ref_value, 4))}; it must be on the reference's grid."
+                f"Case '{case}': the {role}'s {name} {_rounded(other_value)} differs from the reference's "
+                f"{_rounded(ref_value)}; it must be on the reference's grid."
             )
+
+
+def _rounded(values: Sequence[float]) -> tuple:
+    """Plain Python numbers for messages (numpy 2 would print ``np.int64(90)``)."""
+    return tuple(round(v, 4) for v in values)  # SimpleITK gives Python ints (size) and floats
+
+
+def _check_voxels(path: Path, case: str, role: str) -> None:
+    """Raise if ``path`` is truncated or damaged or holds NaN/inf values (which SimpleITK would read as zeros)."""
+    try:
+        scan = scan_voxels(str(path))
+    except IncompleteImageError as e:
+        raise PDDDPMUserError(f"Case '{case}': the {role} {path} is incomplete: {e}; replace it with a complete "
+                              f"file.") from None
+    except RuntimeError as e:
+        raise PDDDPMUserError(f"Cannot read {path} as an image: {str(e).strip().splitlines()[-1]}") from None
+    if scan.n_non_finite:
+        raise PDDDPMUserError(f"Case '{case}': the {role} {path} holds NaN or infinite values ({scan.n_non_finite} of "
+                              f"{scan.n_voxels} voxels); replace it.")
 
 
 def _read_label_map(path: Path, case: str, role: str) -> np.ndarray:
@@ -180,6 +208,7 @@ def evaluate_folders(
     exclude_label: int | None = None,
     allow_missing: bool = False,
     show_progress: bool = True,
+    exclude_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate every reference case; returns the summary dictionary written as ``summary.json``.
 
@@ -188,24 +217,28 @@ def evaluate_folders(
     outside ``{0} | labels | {ignore_label, exclude_label}`` raises. ``exclude_label`` is
     WMH's "other pathology" label (2 in the challenge) and ``ignore_label`` nnU-Net's
     dataset.json ignore label; both remove the voxels where the reference has that value.
+    ``exclude_dir``: a folder of masks ``CASE{file_ending}`` whose nonzero voxels are removed the same
+    way (the reference and the prediction are background there for every metric).
     Missing prediction (or uncertainty/probability) files raise, unless ``allow_missing``,
     in which case those cases are listed under ``"missing_cases"``.
 
     Layout: ``labels``, ``n_cases``, ``missing_cases``, ``metric_per_case`` (list of
     ``{"case", "reference_file", "prediction_file", "uncertainty_file", "probability_file",
-    "metrics": {label: {metric: value}}}``), ``mean`` (``{label: {metric: nanmean}}``) and
-    ``n_nan`` (``{label: {metric: number of NaN cases}}``). Label keys are strings (JSON).
+    "exclusion_file", "metrics": {label: {metric: value}}}``), ``mean`` (``{label: {metric: nanmean}}``),
+    ``foreground_mean`` (``{metric: mean over the labels}``) and ``n_nan`` (``{label: {metric: number of NaN
+    cases}}``). Label keys are strings (JSON).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     unc_dir = None if unc_dir is None else Path(unc_dir)
     prob_dir = None if prob_dir is None else Path(prob_dir)
+    exclude_dir = None if exclude_dir is None else Path(exclude_dir)
     excluded = {v for v in (ignore_label, exclude_label) if v is not None}
     if labels is not None:
         labels = sorted({int(v) for v in labels})
         if not labels or min(labels) < 1 or excluded & set(labels):
             raise PDDDPMUserError(f"Labels {labels} must be positive foreground labels other than {sorted(excluded)}.")
 
-    cases, missing = _pair_cases(ref_dir, pred_dir, unc_dir, prob_dir, file_ending)
+    cases, missing = _pair_cases(ref_dir, pred_dir, unc_dir, prob_dir, file_ending, exclude_dir)
     if missing and not allow_missing:
         listed = "; ".join(f"{case} ({', '.join(names)})" for case, names in missing.items())
         raise PDDDPMUserError(f"{len(missing)} case(s) lack files: {listed}; pass --allow_missing to skip them.")
@@ -215,7 +248,14 @@ def evaluate_folders(
         _check_same_grid(files.case, "prediction", reference, _read_header(files.prediction))
         if files.uncertainty is not None:
             _check_same_grid(files.case, "uncertainty map", reference, _read_header(files.uncertainty))
+        if files.exclusion is not None:
+            _check_same_grid(files.case, "exclusion mask", reference, _read_header(files.exclusion))
         geometries[files.case] = Geometry(reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
+    for files in cases:  # one pass over every file's stored voxels before any metric is computed
+        for role, path in (("reference", files.reference), ("prediction", files.prediction),
+                           ("uncertainty map", files.uncertainty), ("exclusion mask", files.exclusion)):
+            if path is not None:
+                _check_voxels(path, files.case, role)
     if labels is None:
         labels = _discover_labels(cases, excluded)
     allowed = {0, *labels, *excluded}
@@ -235,17 +275,22 @@ def evaluate_folders(
         probabilities = None
         if files.probabilities is not None and labels:
             probabilities = _read_probabilities(files.probabilities, files.case, reference.shape, labels)
+        excluded_mask = None
+        if files.exclusion is not None:
+            excluded_mask = _read_label_map(files.exclusion, files.case, "exclusion mask") != 0
         metrics = evaluate_case(reference, prediction, labels, geometries[files.case], excluded,
-                                probabilities, uncertainty)
+                                probabilities, uncertainty, excluded_mask)
         per_case.append({
             "case": files.case,
             "reference_file": str(files.reference),
             "prediction_file": str(files.prediction),
             "uncertainty_file": None if files.uncertainty is None else str(files.uncertainty),
             "probability_file": None if files.probabilities is None else str(files.probabilities),
+            "exclusion_file": None if files.exclusion is None else str(files.exclusion),
             "metrics": {str(label): values for label, values in metrics.items()},
         })
     mean, n_nan = _summarise(per_case, labels, metric_names)
+    foreground_mean = {name: _nanmean([mean[str(label)][name] for label in labels]) for name in metric_names}
     return {
         "reference_folder": str(ref_dir),
         "prediction_folder": str(pred_dir),
@@ -253,10 +298,18 @@ def evaluate_folders(
         "labels": list(labels),
         "ignore_label": ignore_label,
         "exclude_label": exclude_label,
+        "exclude_folder": None if exclude_dir is None else str(exclude_dir),
         "metric_names": metric_names,
         "n_cases": len(per_case),
         "missing_cases": sorted(missing),
         "metric_per_case": per_case,
         "mean": mean,
+        "foreground_mean": foreground_mean,
         "n_nan": n_nan,
     }
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values (nnU-Net's ``foreground_mean``: every label weighs the same), NaN if none."""
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")

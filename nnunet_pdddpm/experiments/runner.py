@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.evaluation import evaluate_folders
 from nnunet_pdddpm.inference.ensemble_sampling import CaseResult
 from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case
+from nnunet_pdddpm.inference.input_checks import check_input_folder
 from nnunet_pdddpm.inference.pre_segmentation import CachedPreSegmentation, ModelPreSegmenter
 from nnunet_pdddpm.inference.predictor import UNCERTAINTY_FOLDER, PDDDPMPredictor
 from nnunet_pdddpm.inference.settings import SamplingSettings
@@ -41,7 +41,11 @@ METRICS = ("dice", "hd95", "jaccard", "lesion_f1", "lesion_recall", "lesion_prec
 
 @dataclass(frozen=True)
 class ModelSelection:
-    """Which trained models an experiment uses (folders as ``nnUNet_results/<dataset>/<trainer>__<plans>__<c>``)."""
+    """Which trained models an experiment uses (folders as ``nnUNet_results/<dataset>/<trainer>__<plans>__<c>``).
+
+    ``trust_checkpoints`` unpickles the pre-segmenter's checkpoints in full, which lets them run code
+    (``--trust_checkpoints``); by default they load without (``nnunet_pdddpm/checkpoints.py``).
+    """
 
     denoiser_folder: str
     pre_segmenter_folder: str
@@ -51,6 +55,7 @@ class ModelSelection:
     device: str = "cpu"
     use_mirroring: bool = True
     tile_step_size: float = 0.5
+    trust_checkpoints: bool = False
 
 
 @dataclass
@@ -87,7 +92,9 @@ class ExperimentRunner:
 
     # ---------------------------------------------------------------- inputs
     def _list_cases(self, images: Path) -> dict[str, list[str]]:
-        lists = create_lists_from_splitted_dataset_folder(str(images), self.file_ending, num_processes=1)
+        """The test cases' channel files, checked like ``nnunet_pdddpm_predict``'s inputs."""
+        p = self.predictor
+        lists = check_input_folder(str(images), p.dataset_json, len(p.configuration_manager.patch_size))
         if not lists:
             raise PDDDPMUserError(f"-i {images} holds no CASE_0000{self.file_ending} images.")
         cut = len(self.file_ending) + 5
@@ -124,7 +131,8 @@ class ExperimentRunner:
         if checkpoint not in self._pre_segmentations:
             m = self.models
             model = ModelPreSegmenter(m.pre_segmenter_folder, m.folds, checkpoint, torch.device(m.device),
-                                      use_mirroring=m.use_mirroring, tile_step_size=m.tile_step_size)
+                                      use_mirroring=m.use_mirroring, tile_step_size=m.tile_step_size,
+                                      trust_checkpoints=m.trust_checkpoints)
             self.predictor.set_pre_segmenter(model)  # checks it fits the denoiser
             self._pre_segmentations[checkpoint] = CachedPreSegmentation(
                 model, lambda data: _pre_segmenter_nfe(model, data), name=checkpoint)

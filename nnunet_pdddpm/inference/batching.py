@@ -1,12 +1,12 @@
 """Which (patch, member) samples share a denoiser call, and how many fit in memory.
 
-A case has ``P`` patches, ``F`` folds (one network each) and ``M`` members per fold and patch. Every
-sample is one job ``(patch, member)`` of one fold. Jobs are processed in windows of consecutive
-patches: inside a window each fold's jobs (patch-major, members consecutive) are cut into batches of
-at most ``batch_size``, so a patch's members may span two batches; the window's patches are finished
-(mean, variance, Gaussian aggregation) once all their folds are done. The window length is chosen
-so that ``patches * M`` fills whole batches where that costs little accumulator memory, so the
-denoiser runs full batches instead of ``floor(batch_size / M) * M`` samples.
+A case has ``P`` patches, ``F`` folds (one network each) and ``M_f`` members of fold ``f`` per patch
+(``ensemble_sampling.members_per_fold``). Every sample is one job ``(patch, member)`` of one fold. Jobs are
+processed in windows of consecutive patches: inside a window each fold's jobs (patch-major, members
+consecutive) are cut into batches of at most ``batch_size``, so a patch's members may span two batches; the
+window's patches are finished (mean, variance, Gaussian aggregation) once all their folds are done. The window
+length is chosen so that ``patches * M`` fills whole batches where that costs little accumulator memory, so
+the denoiser runs full batches instead of ``floor(batch_size / M) * M`` samples.
 
 With ``fixed_shape`` the last batch of a fold is padded to ``batch_size`` with dummy samples, so a
 compiled (CUDA-graph) denoiser sees one shape for every call of every case.
@@ -68,22 +68,23 @@ def window_length(num_patches: int, ensemble_size: int, batch_size: int) -> int:
     return min(range(lo, min(hi, num_patches) + 1), key=lambda g: (calls(g), g))
 
 
-def plan_windows(num_patches: int, num_folds: int, ensemble_size: int, batch_size: int,
+def plan_windows(num_patches: int, members: Sequence[int], batch_size: int,
                  fixed_shape: bool = False) -> list[Window]:
     """Every (fold, patch, member) exactly once, in batches of at most ``batch_size`` samples.
 
-    Within a window, the jobs of a patch come in fold order and, per fold, in member order (the order
-    in which their probabilities are summed, so results do not depend on ``batch_size``).
+    members: samples of each fold per patch (a fold with 0 is not called). Within a window, the jobs of a
+    patch come in fold order and, per fold, in member order (the order in which their probabilities are
+    summed, so results do not depend on ``batch_size``).
     """
-    if min(num_folds, ensemble_size, batch_size) < 1 or num_patches < 0:
-        raise ValueError("num_folds, ensemble_size and batch_size must be positive")
-    length = window_length(num_patches, ensemble_size, batch_size)
+    if not members or min(members) < 0 or max(members) < 1 or batch_size < 1 or num_patches < 0:
+        raise ValueError("members (per fold) and batch_size must be positive")
+    length = window_length(num_patches, max(members), batch_size)
     windows = []
     for w0 in range(0, num_patches, length):
         patches = range(w0, min(w0 + length, num_patches))
-        jobs = [Job(p, m) for p in patches for m in range(ensemble_size)]
         batches = []
-        for fold in range(num_folds):
+        for fold, fold_members in enumerate(members):
+            jobs = [Job(p, m) for p in patches for m in range(fold_members)]
             for c0 in range(0, len(jobs), batch_size):
                 chunk = tuple(jobs[c0:c0 + batch_size])
                 batches.append(Batch(fold, chunk, batch_size - len(chunk) if fixed_shape else 0))

@@ -5,7 +5,7 @@ for its forward-diffusion noise and its ancestral noise, so its result does not 
 other samples share its batch, nor on how cases are split across processes. Members of the same
 patch are combined into a mean probability map and a variance map (population variance over
 members and folds, averaged over classes: for a binary dataset, the variance of the foreground
-probability), which are then aggregated over patches with nnU-Net's Gaussian weights.
+probability; per class on request), which are then aggregated over patches with nnU-Net's Gaussian weights.
 
 Which samples share a denoiser call is planned by ``batching.py`` (full batches, optionally padded to
 one shape for a compiled denoiser); how the denoiser is called (eager, channels-last, compiled) by
@@ -27,6 +27,7 @@ from nnunet_pdddpm.diffusion import DiffusionConfig, decode_to_probabilities, di
 from nnunet_pdddpm.diffusion.fast_ddpm import per_sample_noise
 from nnunet_pdddpm.diffusion.samplers import reverse_process, reverse_process_reference, sampling_timesteps
 from nnunet_pdddpm.diffusion.schedule import make_ddpm_scheduler
+from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.batching import Batch, batch_size_for_budget, estimate_sample_bytes, plan_windows
 from nnunet_pdddpm.inference.compiled import SamplingDenoiser
 from nnunet_pdddpm.inference.settings import SamplingSettings
@@ -46,10 +47,12 @@ def sample_generator(seed: int, case: int, fold: int, patch: int, member: int, d
 
 @dataclass
 class CaseResult:
-    """Probabilities (K, *shape) summing to 1 over K, uncertainty (*shape), both float32 on the results device."""
+    """Probabilities (K, *shape) summing to 1 over K, uncertainty (*shape) or None (``--uncertainty none``), and
+    with ``per_class_uncertainty`` one map per class (K, *shape); float32 on the results device."""
 
     probabilities: torch.Tensor
-    uncertainty: torch.Tensor
+    uncertainty: torch.Tensor | None
+    class_uncertainty: torch.Tensor | None = None
 
 
 def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -58,9 +61,33 @@ def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
     return -(probabilities * probabilities.clamp_min(1e-8).log()).sum(0)
 
 
+def members_per_fold(settings: SamplingSettings, num_folds: int) -> tuple[int, ...]:
+    """Samples each fold contributes per patch.
+
+    ``ensemble_size`` is the total per case (the paper's 5 samples, whatever the number of folds), dealt out
+    round-robin: fold f gets ``N // F`` plus one if ``f < N % F`` (5 samples over 2 folds: 3 + 2; over 5
+    folds: one each). With ``ensemble_per_fold`` every fold contributes ``ensemble_size`` (F x N in all).
+    """
+    if settings.ensemble_per_fold:
+        return (settings.ensemble_size,) * num_folds
+    if settings.ensemble_size < num_folds:
+        raise PDDDPMUserError(f"--ensemble {settings.ensemble_size} is the total number of samples per case, fewer "
+                              f"than the {num_folds} folds (-f), so some folds would not contribute; use --ensemble "
+                              f"{num_folds} or more, fewer folds, or --ensemble_per_fold.")
+    share, rest = divmod(settings.ensemble_size, num_folds)
+    return tuple(share + (f < rest) for f in range(num_folds))
+
+
+def binary_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Per class (K, *shape): the entropy (nats) of "this class or not" under the ensemble's mean probability."""
+    p = probabilities.clamp(1e-8, 1 - 1e-8)
+    return -(p * p.log() + (1 - p) * (1 - p).log())
+
+
 def number_of_evaluations(num_patches: int, num_folds: int, settings: SamplingSettings, t_prime: int) -> int:
     """Denoiser evaluations (NFE, counted per sample) for a case."""
-    return num_patches * num_folds * settings.ensemble_size * len(sampling_timesteps(t_prime, settings.steps))
+    members = sum(members_per_fold(settings, num_folds))
+    return num_patches * members * len(sampling_timesteps(t_prime, settings.steps))
 
 
 def sampling_batch_size(settings: SamplingSettings, network: nn.Module, input_shape: Sequence[int]) -> int:
@@ -101,11 +128,14 @@ def sample_case(
                  else SamplingDenoiser(n, autocast, settings.channels_last, settings.compile_denoiser)
                  for n in networks]
     t_prime = settings.effective_t_prime(config.num_train_timesteps)
-    num_members = settings.ensemble_size * len(denoisers)
+    members = members_per_fold(settings, len(denoisers))
+    num_members = sum(members)
     num_classes = denoisers[0].num_classes
     spatial = image.shape[1:]
     probs_acc = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=results_device)
-    unc_acc = torch.zeros(spatial, dtype=torch.float32, device=results_device)
+    per_class = settings.per_class_uncertainty  # a map per class costs as much memory as the probabilities
+    unc_acc = torch.zeros((num_classes, *spatial) if per_class else spatial, dtype=torch.float32,
+                          device=results_device)
     weight_acc = torch.zeros(spatial, dtype=torch.float32, device=results_device)
     gaussian = gaussian.to(results_device, torch.float32)
     scheduler = make_ddpm_scheduler(config)
@@ -114,7 +144,7 @@ def sample_case(
     batch_size = sampling_batch_size(settings, denoisers[0].network, (image.shape[0] + num_classes, *patch_shape))
     fixed_shape = any(d.compiled for d in denoisers)
 
-    for window in plan_windows(len(slicers), len(denoisers), settings.ensemble_size, batch_size, fixed_shape):
+    for window in plan_windows(len(slicers), members, batch_size, fixed_shape):
         s1 = {p: 0.0 for p in window.patches}
         s2 = {p: 0.0 for p in window.patches}
         for batch in window.batches:
@@ -125,13 +155,18 @@ def sample_case(
                 s2[job.patch] = s2[job.patch] + pr * pr
         for p in window.patches:
             mean = s1[p] / num_members
-            var = (s2[p] / num_members - mean * mean).clamp_min(0).mean(0)
+            var = (s2[p] / num_members - mean * mean).clamp_min(0)
             sl = slicers[p]
             probs_acc[sl] += mean * gaussian
-            unc_acc[sl[1:]] += var * gaussian
+            if per_class:
+                unc_acc[sl] += var * gaussian
+            else:
+                unc_acc[sl[1:]] += var.mean(0) * gaussian
             weight_acc[sl[1:]] += gaussian
     probs_acc /= weight_acc
     unc_acc /= weight_acc
+    if per_class:
+        return CaseResult(probs_acc, unc_acc.mean(0), unc_acc)
     return CaseResult(probs_acc, unc_acc)
 
 

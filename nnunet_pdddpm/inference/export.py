@@ -36,6 +36,13 @@ def uncertainty_to_original_geometry(uncertainty: torch.Tensor | np.ndarray, pro
     return unc.astype(np.float32)
 
 
+def class_uncertainty_files(uncertainty_file: str, label_manager: LabelManager, file_ending: str) -> list[str]:
+    """``CASE_uncertainty_class<label>`` + ending for each foreground channel (channel k is label k's map; with
+    nnU-Net regions, region k)."""
+    stem = uncertainty_file[: -len(file_ending)]
+    return [f"{stem}_class{k}{file_ending}" for k in range(1, label_manager.num_segmentation_heads)]
+
+
 def write_float_image(array: np.ndarray, properties: dict, filename: str) -> None:
     """Write a float32 map with the geometry nnU-Net's SimpleITK reader recorded (atomically)."""
     if "sitk_stuff" not in properties:
@@ -54,8 +61,10 @@ def write_float_image(array: np.ndarray, properties: dict, filename: str) -> Non
 
 def export_case(probabilities: torch.Tensor, uncertainty: torch.Tensor | None, properties: dict,
                 plans_manager: PlansManager, configuration_manager: ConfigurationManager, dataset_json: dict,
-                output_file_truncated: str, save_probabilities: bool, uncertainty_file: str | None = None) -> None:
-    """Write the uncertainty map (``uncertainty_file``), ``CASE.npz``/``.pkl`` (optional), then ``CASE`` + ending.
+                output_file_truncated: str, save_probabilities: bool, uncertainty_file: str | None = None,
+                class_uncertainty: torch.Tensor | None = None) -> None:
+    """Write the uncertainty map (``uncertainty_file``), per class maps (``class_uncertainty`` (K, *preprocessed),
+    optional), ``CASE.npz``/``.pkl`` (optional), then ``CASE`` + ending.
 
     probabilities: (K, *preprocessed) ensemble mean summing to 1 over K. They go through nnU-Net's
     export as log-probabilities, whose softmax gives them back, so the segmentation is nnU-Net's
@@ -70,6 +79,12 @@ def export_case(probabilities: torch.Tensor, uncertainty: torch.Tensor | None, p
         unc = uncertainty_to_original_geometry(uncertainty.cpu(), properties, plans_manager, configuration_manager,
                                                label_manager)
         write_float_image(unc, properties, uncertainty_file)
+        if class_uncertainty is not None:
+            files = class_uncertainty_files(uncertainty_file, label_manager, ending)
+            for k, file in enumerate(files, start=1):
+                unc = uncertainty_to_original_geometry(class_uncertainty[k].cpu(), properties, plans_manager,
+                                                       configuration_manager, label_manager)
+                write_float_image(unc, properties, file)
     log_probs = torch.log(probabilities.float().cpu().clamp_min(1e-8))
     result = convert_predicted_logits_to_segmentation_with_correct_shape(
         log_probs, plans_manager, configuration_manager, label_manager, properties,

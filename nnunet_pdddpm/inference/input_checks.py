@@ -2,18 +2,107 @@
 from __future__ import annotations
 
 import os
+import re
+from os.path import basename, isfile, join
 
 import numpy as np
 import SimpleITK as sitk
+from batchgenerators.utilities.file_and_folder_operations import load_json, subfiles
+from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
 
 from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.image_integrity import IncompleteImageError, scan_voxels
+
+# A channel file's name: CASE_XXXX.<ending>; used to spot images that nnU-Net would skip for their ending.
+_CHANNEL_FILE = re.compile(r".+_\d{4}\..+")
+# nnU-Net's Tiff3DIO reads the spacing of CASE_XXXX.tif from CASE_XXXX.json next to it.
+_SIDECAR_ENDINGS = (".json",)
+# Files whose voxels passed, by (path, size, mtime): the CLI checks before loading models and the predictor
+# checks again for users of the Python API; this keeps the voxel pass to one per file.
+_passed: set[tuple[str, int, int]] = set()
+
+
+def list_input_cases(folder: str, dataset_json: dict, part_id: int = 0, num_parts: int = 1) -> list[list[str]]:
+    """nnU-Net's case lists of ``folder`` (``CASE_XXXX<file_ending>`` per channel) for part ``part_id``.
+
+    Raises for files nnU-Net would skip or misread for their name (:func:`check_file_endings`).
+    """
+    ending = dataset_json["file_ending"]
+    check_file_endings(folder, ending)
+    files = subfiles(folder, suffix=ending, join=False, sort=True)
+    if not files:
+        raise PDDDPMUserError(f"The input folder {folder} holds no images ending with {ending}; give the folder of "
+                              f"CASE_0000{ending} files (one per channel).")
+    lists = [create_paths_fn(folder, files, ending, case)
+             for case in map(str, get_identifiers_from_splitted_dataset_folder(folder, ending))]
+    return lists[part_id::num_parts]
+
+
+def check_file_endings(folder: str, file_ending: str) -> None:
+    """Raise if ``folder`` holds channel files nnU-Net would skip or misread for their name.
+
+    ``CASE_XXXX.*`` files with another ending than the dataset's ``file_ending`` are skipped by nnU-Net
+    without a word; ``*<file_ending>`` files without the 4-digit channel number are misread.
+    """
+    names = [f for f in os.listdir(folder) if not f.startswith(".") and isfile(join(folder, f))]
+    wrong = sorted(f for f in names if _CHANNEL_FILE.fullmatch(f) and not f.endswith(file_ending)
+                   and not f.endswith(_SIDECAR_ENDINGS))
+    if wrong:
+        raise PDDDPMUserError(f"{len(wrong)} file(s) in {folder} do not end with the dataset's file ending "
+                              f"'{file_ending}' (dataset.json) and would be skipped: {_some(wrong)}; convert or "
+                              f"rename them to CASE_XXXX{file_ending}.")
+    numbered = re.compile(r".+_\d{4}" + re.escape(file_ending))
+    unnumbered = sorted(f for f in names if f.endswith(file_ending) and not numbered.fullmatch(f))
+    if unnumbered:
+        raise PDDDPMUserError(f"{len(unnumbered)} file(s) in {folder} lack the 4-digit channel number: "
+                              f"{_some(unnumbered)}; name them CASE_0000{file_ending} (CASE_0001{file_ending} "
+                              f"for a second channel, ...).")
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def check_input_folder(folder: str, dataset_json: dict, model_ndim: int, part_id: int = 0,
+                       num_parts: int = 1) -> list[list[str]]:
+    """List the cases of ``folder`` (see :func:`list_input_cases`) and check each with :func:`check_case_files`."""
+    lists = list_input_cases(folder, dataset_json, part_id, num_parts)
+    check_case_lists(lists, dataset_json, model_ndim)
+    return lists
+
+
+def check_case_lists(lists: list[list[str]], dataset_json: dict, model_ndim: int) -> None:
+    ending = dataset_json["file_ending"]
+    for files in lists:
+        case = basename(files[0])[: -(len(ending) + 5)] if files else "?"
+        check_case_files(case, files, len(dataset_json["channel_names"]), model_ndim, ending)
+
+
+def model_input_spec(model_folder: str, configuration: str) -> tuple[dict, int] | None:
+    """(dataset.json, dimensionality of the configuration's patch) of a model folder, read without its checkpoints.
+
+    None when the folder lacks them: loading the model then says what is wrong.
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    dataset_file, plans_file = join(model_folder, "dataset.json"), join(model_folder, "plans.json")
+    if not (isfile(dataset_file) and isfile(plans_file)):
+        return None
+    try:
+        patch_size = PlansManager(load_json(plans_file)).get_configuration(configuration).patch_size
+    except (KeyError, ValueError, RuntimeError):
+        return None
+    return load_json(dataset_file), len(patch_size)
 
 
 def check_case_files(case: str, files: list[str], num_channels: int, model_ndim: int, file_ending: str) -> None:
-    """Channel count, readability, same grid for all channels, finite and non-empty voxels, dimensionality.
+    """Channel count, readability, dimensionality, same grid for all channels, complete files, finite and
+    non-empty voxels.
 
     ``model_ndim`` is the length of the configuration's patch size: a 3D configuration needs 3D images,
-    a 2d configuration takes 2D images or 3D volumes (predicted slice by slice).
+    a 2d configuration takes 2D images or 3D volumes (predicted slice by slice). Headers are read first;
+    then one pass over each file's stored voxels (not SimpleITK's array, which shows a truncated file's
+    missing part and NaN/inf voxels as zeros).
     """
     if len(files) != num_channels:
         raise PDDDPMUserError(f"Case {case} has {len(files)} channel files but the model expects {num_channels} "
@@ -23,10 +112,20 @@ def check_case_files(case: str, files: list[str], num_channels: int, model_ndim:
     for f in files:
         if not os.access(f, os.R_OK):
             raise PDDDPMUserError(f"Input file {f} cannot be read; check its permissions.")
+        image = sitk.ImageFileReader()
+        image.SetFileName(f)
         try:
-            image = sitk.ReadImage(f)
+            image.ReadImageInformation()
         except RuntimeError:
             raise PDDDPMUserError(f"Input file {f} is not a readable image; replace it.") from None
+        if image.GetDimension() > 3:
+            raise PDDDPMUserError(f"Input file {f} is a {image.GetDimension()}D image (size {image.GetSize()}) but "
+                                  f"nnU-Net takes one 2D or 3D image per channel; split it into "
+                                  f"CASE_0000{file_ending}, CASE_0001{file_ending}, ... (one file per channel).")
+        if image.GetNumberOfComponents() > 1:
+            raise PDDDPMUserError(f"Input file {f} has {image.GetNumberOfComponents()} values per voxel (a vector or "
+                                  f"multi-channel image) but nnU-Net takes one value per voxel and file; split it into "
+                                  f"CASE_0000{file_ending}, CASE_0001{file_ending}, ... (one file per channel).")
         if image.GetDimension() < model_ndim:
             raise PDDDPMUserError(f"Case {case} is a {image.GetDimension()}D image but the model's configuration is "
                                   f"{model_ndim}D; use a 2d configuration for 2D images.")
@@ -34,12 +133,29 @@ def check_case_files(case: str, files: list[str], num_channels: int, model_ndim:
             first = image
         elif image.GetSize() != first.GetSize() or not np.allclose(image.GetSpacing(), first.GetSpacing(),
                                                                      rtol=1e-3):
-            raise PDDDPMUserError(f"The channels of case {case} differ in size or spacing ({os.path.basename(f)}: "
+            raise PDDDPMUserError(f"The channels of case {case} differ in size or spacing ({basename(f)}: "
                                   f"{image.GetSize()} at {np.round(image.GetSpacing(), 3).tolist()} vs "
                                   f"{first.GetSize()} at {np.round(first.GetSpacing(), 3).tolist()}); "
                                   f"resample them to one grid.")
-        array = sitk.GetArrayViewFromImage(image)
-        if not np.isfinite(array).all():
-            raise PDDDPMUserError(f"Input file {f} contains NaN or infinite voxels; replace them before predicting.")
-        if not array.any():
-            raise PDDDPMUserError(f"Input file {f} is empty (all voxels are zero); check the file.")
+    for f in files:
+        check_voxels(f)
+
+
+def check_voxels(f: str) -> None:
+    """Raise if input file ``f`` is truncated or damaged, holds NaN/inf voxels, or is all zeros."""
+    stat = os.stat(f)
+    key = (os.path.realpath(f), stat.st_size, stat.st_mtime_ns)
+    if key in _passed:
+        return
+    try:
+        scan = scan_voxels(f)
+    except IncompleteImageError as e:
+        raise PDDDPMUserError(f"Input file {f} is incomplete: {e}; replace it with a complete copy.") from None
+    except RuntimeError:
+        raise PDDDPMUserError(f"Input file {f} is not a readable image; replace it.") from None
+    if scan.n_non_finite:
+        raise PDDDPMUserError(f"Input file {f} contains NaN or infinite voxels ({scan.n_non_finite} of "
+                              f"{scan.n_voxels}); replace them before predicting.")
+    if not scan.any_nonzero:
+        raise PDDDPMUserError(f"Input file {f} is empty (all voxels are zero); check the file.")
+    _passed.add(key)

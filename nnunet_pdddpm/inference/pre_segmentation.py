@@ -1,9 +1,9 @@
 """Where the pre-segmentation x_pre = f(I; psi) (paper eq. 3) comes from.
 
 Either any trained nnU-Net model folder (run over the whole case with nnU-Net's own sliding
-window, loaded the way nnU-Net loads it: its checkpoints are pickles, so only point at folders you
-trust), or a folder of ``--save_probabilities`` ``.npz`` files written by ``nnUNetv2_predict`` for
-any model. Both yield softmax probabilities (K, *preprocessed shape) in the denoiser's
+window; its checkpoints are read without running code unless ``trust_checkpoints``: see
+``nnunet_pdddpm/checkpoints.py``), or a folder of ``--save_probabilities`` ``.npz`` files written by
+``nnUNetv2_predict`` for any model. Both yield softmax probabilities (K, *preprocessed shape) in the denoiser's
 preprocessed space.
 """
 from __future__ import annotations
@@ -18,14 +18,19 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.inference.nnunet_model import initialize_from_model_folder
 from nnunet_pdddpm.trainers.discovery import ensure_trainer_discovery
 
 
 class ModelPreSegmenter:
-    """A trained nnU-Net model (any trainer) as pre-segmenter."""
+    """A trained nnU-Net model (any trainer) as pre-segmenter.
+
+    Its checkpoints load with the safe unpickler and nnU-Net's allow-list; ``trust_checkpoints=True`` unpickles
+    them in full, which lets a crafted file run code (only for files you trust).
+    """
 
     def __init__(self, model_folder: str, folds: tuple | list | None, checkpoint_name: str, device: torch.device,
-                 use_mirroring: bool = True, tile_step_size: float = 0.5):
+                 use_mirroring: bool = True, tile_step_size: float = 0.5, trust_checkpoints: bool = False):
         if not isdir(model_folder):
             raise PDDDPMUserError(f"Pre-segmentation model folder {model_folder} does not exist; train the "
                                   f"pre-segmenter first (nnUNetv2_train DATASET CONFIG FOLD) or check "
@@ -38,7 +43,7 @@ class ModelPreSegmenter:
         self.predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                          perform_everything_on_device=True, device=device, allow_tqdm=False)
         folds = _checked_folds(model_folder, folds, checkpoint_name, "pre-segmenter")
-        self.predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
+        initialize_from_model_folder(self.predictor, model_folder, folds, checkpoint_name, trust_checkpoints)
         self.plans_manager: PlansManager = self.predictor.plans_manager
         self.configuration_manager: ConfigurationManager = self.predictor.configuration_manager
         self.dataset_json: dict = self.predictor.dataset_json

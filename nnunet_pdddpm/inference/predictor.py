@@ -24,17 +24,29 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 from tqdm import tqdm
 
+from nnunet_pdddpm.checkpoints import load_checkpoint_safe, state_dict_problem
 from nnunet_pdddpm.diffusion import DiffusionConfig, encode_probabilities, hard_onehot
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.compiled import DenoiserCache
-from nnunet_pdddpm.inference.ensemble_sampling import CaseResult, number_of_evaluations, predictive_entropy, sample_case
-from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case, uncertainty_to_original_geometry
-from nnunet_pdddpm.inference.input_checks import check_case_files
+from nnunet_pdddpm.inference.ensemble_sampling import (
+    CaseResult,
+    binary_entropy,
+    members_per_fold,
+    number_of_evaluations,
+    predictive_entropy,
+    sample_case,
+)
+from nnunet_pdddpm.inference.export import (
+    UNCERTAINTY_SUFFIX,
+    class_uncertainty_files,
+    export_case,
+    uncertainty_to_original_geometry,
+)
+from nnunet_pdddpm.inference.input_checks import check_case_lists, check_file_endings
 from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter, _checked_folds, check_compatible
 from nnunet_pdddpm.inference.settings import SamplingSettings
 from nnunet_pdddpm.inference.t_prime_sweep import read_auto_t_prime
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs
-from nnunet_pdddpm.trainers.checkpointing import load_checkpoint_safe
 
 UNCERTAINTY_FOLDER = "uncertainty"
 
@@ -52,6 +64,15 @@ def _load_denoiser_checkpoint(path: str) -> dict:
     if "pdddpm" not in ckpt:
         raise PDDDPMUserError(hint)
     return ckpt
+
+
+def _check_labels(path: str, pdddpm_settings: dict, dataset_labels) -> None:
+    """The mask channels the denoiser was trained on must be the model folder's labels, in the same order."""
+    trained = pdddpm_settings.get("labels")
+    expected = [int(v) for v in dataset_labels]
+    if trained is not None and [int(v) for v in trained] != expected:
+        raise PDDDPMUserError(f"{path} was trained on the labels {trained} but the model folder's dataset.json has "
+                              f"{expected}; use the dataset.json the denoiser was trained with.")
 
 
 class PDDDPMPredictor(nnUNetPredictor):
@@ -97,14 +118,22 @@ class PDDDPMPredictor(nnUNetPredictor):
         first = checkpoints[0]
         plans_manager = PlansManager(load_json(join(folder, "plans.json")))
         configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
+        dataset_json = load_json(join(folder, "dataset.json"))
         networks = []
-        for ckpt in checkpoints:
-            net = build_denoiser_from_kwargs(ckpt["pdddpm"]["denoiser_kwargs"])
-            net.load_state_dict(ckpt["ema"]["weights"])
+        for f, ckpt in zip(folds, checkpoints):
+            path = join(folder, f"fold_{f}", checkpoint_name)
+            _check_labels(path, ckpt["pdddpm"], plans_manager.get_label_manager(dataset_json).all_labels)
+            try:
+                net = build_denoiser_from_kwargs(ckpt["pdddpm"]["denoiser_kwargs"])
+                net.load_state_dict(ckpt["ema"]["weights"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:  # edited metadata, or weights of another net
+                raise PDDDPMUserError(f"The weights in {path} do not fit the denoiser its metadata describes "
+                                      f"({state_dict_problem(e)}); the checkpoint is corrupt or was edited: restore "
+                                      f"it or retrain this fold.") from None
             networks.append(net)
-        self.manual_initialization_pdddpm(networks, plans_manager, configuration_manager,
-                                          load_json(join(folder, "dataset.json")), first["pdddpm"],
-                                          first["trainer_name"], first.get("inference_allowed_mirroring_axes"))
+        self.manual_initialization_pdddpm(networks, plans_manager, configuration_manager, dataset_json,
+                                          first["pdddpm"], first["trainer_name"],
+                                          first.get("inference_allowed_mirroring_axes"))
         auto = read_auto_t_prime(folder, folds) if from_checkpoint else None
         if auto is not None:
             self.sampling.t_prime, where = auto
@@ -140,6 +169,7 @@ class PDDDPMPredictor(nnUNetPredictor):
         it (T' > range, or vanilla sampling from T), where it never learned anything.
         """
         settings.validate(self.diffusion_config.num_train_timesteps)
+        members_per_fold(settings, len(self.networks))
         t_prime = settings.effective_t_prime(self.diffusion_config.num_train_timesteps)
         if t_prime > self.trained_timesteps:
             asked = "--vanilla (sampling from T)" if settings.vanilla else f"--t_prime {settings.t_prime}"
@@ -187,13 +217,17 @@ class PDDDPMPredictor(nnUNetPredictor):
         self.last_nfe = number_of_evaluations(len(slicers), len(self.networks), self.sampling, t_prime)
         result = self._sample_with_oom_fallback(padded, x0_pre, slicers, gaussian, case_key, results)
         probs = result.probabilities[(slice(None), *revert[1:])].cpu()
+        per_class = None
         if self.sampling.uncertainty == "none":
             unc = None
         elif self.sampling.uncertainty == "entropy":
             unc = predictive_entropy(probs)
+            per_class = binary_entropy(probs) if self.sampling.per_class_uncertainty else None
         else:
             unc = result.uncertainty[tuple(revert[1:])].cpu()
-        return CaseResult(probs, unc)
+            if result.class_uncertainty is not None:
+                per_class = result.class_uncertainty[(slice(None), *revert[1:])].cpu()
+        return CaseResult(probs, unc, per_class)
 
     def _sample_with_oom_fallback(self, padded, x0_pre, slicers, gaussian, case_key, results) -> CaseResult:
         """Sample; on device out-of-memory retry with half the batch (results do not depend on the batch layout)."""
@@ -232,6 +266,8 @@ class PDDDPMPredictor(nnUNetPredictor):
                                        save_probabilities=False):
         """nnU-Net's bookkeeping, plus: inputs are checked up front, and with ``--continue_prediction`` a case
         counts as done only when its uncertainty map exists too."""
+        if isinstance(list_of_lists_or_source_folder, str):
+            check_file_endings(list_of_lists_or_source_folder, self.dataset_json["file_ending"])
         lists, outputs, prev = super()._manage_input_and_output_lists(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
             folder_with_segs_from_prev_stage, True, part_id, num_parts, save_probabilities)
@@ -249,22 +285,26 @@ class PDDDPMPredictor(nnUNetPredictor):
         folder = self.uncertainty_folder or join(os.path.dirname(output_truncated), UNCERTAINTY_FOLDER)
         return join(folder, basename(output_truncated) + UNCERTAINTY_SUFFIX + self.dataset_json["file_ending"])
 
+    def _class_uncertainty_files(self, output_truncated: str) -> list[str]:
+        """One map per foreground class (``CASE_uncertainty_class1.nii.gz`` ...) with --uncertainty_per_class."""
+        if not self.sampling.per_class_uncertainty or self.sampling.uncertainty == "none":
+            return []
+        return class_uncertainty_files(self._uncertainty_file(output_truncated), self.label_manager,
+                                       self.dataset_json["file_ending"])
+
     def _case_complete(self, output_truncated: str, save_probabilities: bool) -> bool:
         files = [output_truncated + self.dataset_json["file_ending"]]
         if self.sampling.uncertainty != "none":
             files.append(self._uncertainty_file(output_truncated))
+        files += self._class_uncertainty_files(output_truncated)
         if save_probabilities:
             files.append(output_truncated + ".npz")
         return all(isfile(f) for f in files)
 
     def _check_input_lists(self, lists: list[list[str]]) -> None:
-        n = len(self.dataset_json["channel_names"])
-        ending = self.dataset_json["file_ending"]
         if not lists:
             print("No input cases to predict.")
-        for files in lists:
-            case = basename(files[0])[: -(len(ending) + 5)]
-            check_case_files(case, files, n, len(self.configuration_manager.patch_size), ending)
+        check_case_lists(lists, self.dataset_json, len(self.configuration_manager.patch_size))
 
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = 2):
@@ -288,7 +328,7 @@ class PDDDPMPredictor(nnUNetPredictor):
                     maybe_mkdir_p(os.path.dirname(unc_file))
                 pending.append(pool.submit(export_case, result.probabilities, result.uncertainty, properties,
                                            self.plans_manager, self.configuration_manager, self.dataset_json,
-                                           ofile, save_probabilities, unc_file))
+                                           ofile, save_probabilities, unc_file, result.class_uncertainty))
             for p in pending:
                 p.result()
         compute_gaussian.cache_clear()

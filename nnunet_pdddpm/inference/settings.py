@@ -14,9 +14,12 @@ class SamplingSettings:
     """How a case is sampled.
 
     t_prime: the paper's T' (reverse steps start at index t_prime - 1; 0 returns the pre-segmentation).
-    ensemble_size: samples per fold and patch (paper: 5); their mean is the probability map.
+    ensemble_size: samples per case (paper: 5), dealt out over the folds; their mean is the probability map.
+    ensemble_per_fold: every fold draws ``ensemble_size`` samples instead (F x N in all, as before 0.2).
     sampler / steps: ``ddpm`` (ancestral, every step unless ``steps``), ``ddim`` or ``dpm++`` with ``steps``.
     vanilla: the baseline: pure noise at T and the full reverse process (no pre-segmentation).
+    per_class_uncertainty: also return one uncertainty map per class (variance of that class's probability,
+        or with ``entropy`` its binary entropy); the scalar map stays the mean over classes (the default).
     soft_pre_segmentation: encode the pre-segmenter's probabilities as 2p - 1 instead of its argmax.
     max_batch_size: samples (patches x members) per denoiser call.
     memory_budget_gb: if set, the batch is the largest (up to max_batch_size) whose estimated activation
@@ -30,11 +33,13 @@ class SamplingSettings:
 
     t_prime: int = 300
     ensemble_size: int = 5
+    ensemble_per_fold: bool = False
     sampler: str = "ddpm"
     steps: int | None = None
     seed: int = 0
     vanilla: bool = False
     uncertainty: str = "variance"
+    per_class_uncertainty: bool = False
     soft_pre_segmentation: bool = False
     max_batch_size: int = 16
     memory_budget_gb: float | None = None
@@ -57,6 +62,9 @@ class SamplingSettings:
             raise PDDDPMUserError(f"--steps must be at least 1, got {self.steps}.")
         if self.uncertainty not in UNCERTAINTY_KINDS:
             raise PDDDPMUserError(f"--uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}.")
+        if self.per_class_uncertainty and self.uncertainty == "none":
+            raise PDDDPMUserError("--uncertainty_per_class needs an uncertainty: use --uncertainty variance or "
+                                  "entropy.")
         if self.max_batch_size < 1:
             raise PDDDPMUserError(f"--max_batch_size must be at least 1, got {self.max_batch_size}.")
         if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:

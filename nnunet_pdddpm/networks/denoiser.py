@@ -3,7 +3,8 @@
 Topology as dynamic_network_architectures' ``PlainConvUNet`` (= ``PlainConvEncoder`` + ``UNetDecoder``): per-stage
 kernel sizes and strides from the plans, strided-conv downsampling, transposed-conv upsampling and skip concatenation.
 Added for diffusion: a shared timestep embedding that scales/shifts every conv block (:mod:`.blocks`), and
-self-attention at the ``attention_stages`` coarsest resolutions (the paper: one head at resolution 16).
+self-attention at the ``attention_stages`` coarsest resolutions (1: the bottleneck; the paper's one head at
+resolution 16 is ``attention_max_size=16`` in :func:`.from_plans.denoiser_kwargs_from_plans`).
 
 Input: the image channels concatenated with the noisy mask ``x_t`` (one channel per class); output: the prediction for
 the mask (noise, x0 or v, depending on the trainer), shape of ``x_t``.

@@ -68,9 +68,29 @@ def plans_topology(configuration_manager: ConfigurationManager) -> dict:
     return {k: _to_plain(arch.get(k)) for k in _TOPOLOGY_KEYS}
 
 
+def stage_sizes(configuration_manager: ConfigurationManager) -> list[list[int]]:
+    """Feature-map size per axis at each stage of the plans' U-Net: the patch divided by the cumulative strides."""
+    topology = plans_topology(configuration_manager)
+    size = [int(v) for v in configuration_manager.patch_size]
+    sizes = []
+    for stride in topology["strides"]:
+        stride = stride if isinstance(stride, (list, tuple)) else [stride] * len(size)
+        size = [v // int(s) for v, s in zip(size, stride)]
+        sizes.append(size)
+    return sizes
+
+
+def attention_stages_at_most(configuration_manager: ConfigurationManager, max_size: int) -> int:
+    """How many of the coarsest stages have a feature map of at most ``max_size`` voxels along every axis (the paper:
+    attention at 16x16). Sizes shrink with depth, so these are always the coarsest stages; at least the bottleneck."""
+    sizes = stage_sizes(configuration_manager)
+    return max(1, sum(max(size) <= max_size for size in sizes))
+
+
 def denoiser_kwargs_from_plans(configuration_manager: ConfigurationManager, num_image_channels: int,
                                num_classes: int, base_features: int | None = None, max_features: int | None = None,
-                               attention_stages: int = 1, num_heads: int = 1) -> dict:
+                               attention_stages: int = 1, num_heads: int = 1,
+                               attention_max_size: int | None = None) -> dict:
     """Constructor arguments of :class:`TimeConditionedUNet` for a configuration, as plain data.
 
     Args:
@@ -79,6 +99,9 @@ def denoiser_kwargs_from_plans(configuration_manager: ConfigurationManager, num_
         base_features: None keeps the plan's ``features_per_stage``; an int sets stage ``i`` to
             ``min(base_features * 2**i, max_features)`` (the paper uses 128).
         max_features: cap for ``base_features``; default the plan's largest feature count.
+        attention_stages: self-attention at this many coarsest stages (1: the bottleneck only).
+        attention_max_size: when given, replaces ``attention_stages``: attention at every stage whose feature map
+            is at most this many voxels along each axis (:func:`attention_stages_at_most`; the paper: 16).
 
     Returns:
         dict of str/int/float/bool/list/dict/None with op classes as import strings, for checkpoints and
@@ -86,6 +109,8 @@ def denoiser_kwargs_from_plans(configuration_manager: ConfigurationManager, num_
     """
     topology = plans_topology(configuration_manager)
     features = topology["features_per_stage"]
+    if attention_max_size is not None:
+        attention_stages = attention_stages_at_most(configuration_manager, attention_max_size)
     if base_features is not None:
         cap = max_features if max_features is not None else max(features)
         features = [min(base_features * 2 ** i, cap) for i in range(topology["n_stages"])]
@@ -118,11 +143,11 @@ def build_denoiser_from_kwargs(kwargs: dict) -> TimeConditionedUNet:
 
 def build_denoiser(configuration_manager: ConfigurationManager, num_image_channels: int, num_classes: int,
                    base_features: int | None = None, max_features: int | None = None, attention_stages: int = 1,
-                   num_heads: int = 1) -> TimeConditionedUNet:
+                   num_heads: int = 1, attention_max_size: int | None = None) -> TimeConditionedUNet:
     """:func:`denoiser_kwargs_from_plans` then :func:`build_denoiser_from_kwargs`."""
     return build_denoiser_from_kwargs(denoiser_kwargs_from_plans(
         configuration_manager, num_image_channels, num_classes, base_features, max_features, attention_stages,
-        num_heads))
+        num_heads, attention_max_size))
 
 
 def build_attention_unet(configuration_manager: ConfigurationManager, num_input_channels: int,

@@ -12,6 +12,7 @@ from nnunet_pdddpm.trainers import (  # noqa: F401
     PDDDPMAttUNetTrainer_tiny,
     PDDDPMTrainer,
     PDDDPMTrainer_4draws,
+    PDDDPMTrainer_attn16,
     PDDDPMTrainer_aware,
     PDDDPMTrainer_demoCPU,
     PDDDPMTrainer_demoCPU_aware,

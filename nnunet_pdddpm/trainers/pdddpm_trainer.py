@@ -16,6 +16,7 @@ changes a run (see ``variants.py``), and everything is stored in the checkpoint 
 """
 from __future__ import annotations
 
+import math
 import os
 from contextlib import nullcontext
 from os.path import isdir
@@ -30,6 +31,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch._dynamo import OptimizedModule
 
+from nnunet_pdddpm.checkpoints import load_checkpoint_safe, save_checkpoint_atomic
 from nnunet_pdddpm.diffusion import (
     DiffusionConfig,
     diffuse,
@@ -42,7 +44,6 @@ from nnunet_pdddpm.diffusion import (
 )
 from nnunet_pdddpm.errors import PDDDPMUserError, install_excepthook
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs, denoiser_kwargs_from_plans
-from nnunet_pdddpm.trainers.checkpointing import load_checkpoint_safe, save_checkpoint_atomic
 from nnunet_pdddpm.trainers.ema import EMA
 from nnunet_pdddpm.trainers.pre_segmentation_errors import simulate_pre_segmentation_errors
 from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
@@ -58,7 +59,8 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
     diffusion_config: DiffusionConfig = DiffusionConfig()
     base_features: int | None = None  # None keeps the plan's features_per_stage; the paper used 128
     max_features: int | None = None
-    attention_stages: int = 1  # self-attention at this many coarsest stages (paper: one head at 16x16)
+    attention_stages: int = 1  # self-attention at this many coarsest stages: 1 = the bottleneck only
+    attention_max_size: int | None = None  # instead: every stage at most this size per axis (paper: 16, _attn16)
     num_heads: int = 1
     ema_decay: float = 0.999
     # --- sampling used by the final validation (and the defaults of nnunet_pdddpm_predict) ---
@@ -150,7 +152,8 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
         """JSON-like constructor arguments of the denoiser (saved in checkpoints)."""
         return denoiser_kwargs_from_plans(configuration_manager, num_image_channels, num_classes,
                                           base_features=cls.base_features, max_features=cls.max_features,
-                                          attention_stages=cls.attention_stages, num_heads=cls.num_heads)
+                                          attention_stages=cls.attention_stages, num_heads=cls.num_heads,
+                                          attention_max_size=cls.attention_max_size)
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -190,9 +193,20 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
         network_batch = self.batch_size
         self.batch_size = max(1, network_batch // self.noise_draws_per_image)
         self.draws_per_image = max(1, network_batch // self.batch_size)
-        if self.draws_per_image > 1:
-            self.print_to_log_file(f"{self.batch_size} augmented images per step, each at {self.draws_per_image} "
-                                   f"(t, noise) draws: network batch {self.batch_size * self.draws_per_image}")
+        # nnU-Net's loader forces foreground in the last batch - round(batch (1 - p)) images of a batch; at the
+        # plan's batch that is `forced` of `network_batch` samples. A smaller loader batch keeps at least the
+        # same share of foreground-forced images (rounded up): with batch 1, round(1 - p) would force none
+        if self.batch_size < network_batch:
+            forced = network_batch - round(network_batch * (1 - self.oversample_foreground_percent))
+            self.oversample_foreground_percent = min(self.batch_size, math.ceil(forced / self.draws_per_image)) / \
+                self.batch_size
+        if self.draws_per_image > 1 or self.noise_draws_per_image > 1:
+            self.print_to_log_file(
+                f"{self.batch_size} augmented images per step ({self.oversample_foreground_percent:.0%} with forced "
+                f"foreground), each at {self.draws_per_image} (t, noise) draws: network batch "
+                f"{self.batch_size * self.draws_per_image} (the plan's {network_batch})"
+                + ("" if self.draws_per_image == self.noise_draws_per_image else
+                   f"; noise_draws_per_image = {self.noise_draws_per_image} was adjusted to fill the plan's batch"))
 
     def configure_optimizers(self):
         optimizer = make_adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)

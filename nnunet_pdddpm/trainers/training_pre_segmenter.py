@@ -11,6 +11,9 @@ on the fly; the denoiser learns to turn that mask, diffused, into the ground tru
 - ``"out_of_fold"``: each training case is segmented by the pre-segmenter fold that held it out (nnU-Net's
   five-fold cross-validation: every case is a validation case of exactly one fold), so the errors are those
   of unseen cases. Needs the pre-segmenter's other folds trained, as nnU-Net's own ensembling does.
+
+Its checkpoints are read as the final validation reads them: without running code, unless
+``nnunet_pdddpm_trust_checkpoints=1``.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from torch import nn
 
+from nnunet_pdddpm.checkpoints import trust_checkpoints_from_env
 from nnunet_pdddpm.errors import PDDDPMUserError
 
 
@@ -48,7 +52,8 @@ def _fold_networks(trainer, folder: str, folds: list[int]) -> dict[int, nn.Modul
     """The pre-segmenter's network of each fold (frozen, eval mode, full-resolution output only)."""
     from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter
 
-    source = ModelPreSegmenter(folder, folds, "checkpoint_final.pth", trainer.device)
+    source = ModelPreSegmenter(folder, folds, "checkpoint_final.pth", trainer.device,
+                               trust_checkpoints=trust_checkpoints_from_env())
     if source.predictor.label_manager.num_segmentation_heads != trainer.label_manager.num_segmentation_heads:
         raise PDDDPMUserError(f"The pre-segmenter in {folder} predicts "
                               f"{source.predictor.label_manager.num_segmentation_heads} classes but the dataset has "

@@ -12,6 +12,9 @@ With a pre-segmenter and ``trainer.t_prime_sweep`` candidates, T' is chosen firs
 sampler for each candidate on the same validation cases (``inference/t_prime_sweep.py``); the best goes to
 ``fold_X/pdddpm_t_prime.json``, which ``nnunet_pdddpm_predict`` uses when ``--t_prime`` is not given, and
 the validation itself then runs at that T'.
+
+The pre-segmenter's checkpoint is read without running code (``nnunet_pdddpm/checkpoints.py``); only with
+``nnunet_pdddpm_trust_checkpoints=1`` in the environment of ``nnUNetv2_train`` is it unpickled in full.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 
+from nnunet_pdddpm.checkpoints import trust_checkpoints_from_env
 from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case
 from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter
 from nnunet_pdddpm.inference.predictor import UNCERTAINTY_FOLDER, PDDDPMPredictor
@@ -93,7 +97,7 @@ def run_final_validation(trainer, save_probabilities: bool = False) -> None:
     dataset_val = trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys)
     if pre_folder is not None:
         predictor.set_pre_segmenter(ModelPreSegmenter(pre_folder, [trainer.fold], "checkpoint_final.pth",
-                                                      trainer.device))
+                                                      trainer.device, trust_checkpoints=trust_checkpoints_from_env()))
         if trainer.t_prime_sweep and not trainer.is_ddp:
             settings.t_prime = run_t_prime_sweep(trainer, predictor, dataset_val, settings)
             predictor.sampling = settings

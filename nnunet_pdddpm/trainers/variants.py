@@ -73,6 +73,12 @@ class PDDDPMTrainer_w128(PDDDPMTrainer):
     base_features = 128
 
 
+class PDDDPMTrainer_attn16(PDDDPMTrainer):
+    """Self-attention at every stage of at most 16 voxels per axis (the paper's one head at 16x16)."""
+
+    attention_max_size = 16
+
+
 class PDDDPMTrainer_4draws(PDDDPMTrainer):
     """Each augmented image at 4 (t, noise) draws: a quarter of the augmentation work per step.
 

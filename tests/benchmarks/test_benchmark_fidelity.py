@@ -16,7 +16,7 @@ def test_quick_mode_trains_samples_and_pairs_against_the_pre_segmenter(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     work = tmp_path / "work"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.benchmark_fidelity", "-o", str(work), "--quick",
-                           "--seeds", "0", "--denoisers", "PDDDPMTrainer_tiny_preseg"],
+                           "--seeds", "0", "--denoisers", "PDDDPMTrainer_tiny_preseg", "--starts", "hard", "soft"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     header = next(line for line in proc.stdout.splitlines() if line.startswith("pre-segmenter "))
@@ -28,9 +28,15 @@ def test_quick_mode_trains_samples_and_pairs_against_the_pre_segmenter(tmp_path)
 
     payload = json.loads((work / "fidelity.json").read_text(), parse_constant=not_json)
     rows = payload["rows"]
-    assert [r["method"] for r in rows] == ["pre-segmenter (softmax uncertainty)", "PD-DDPM (variance)",
-                                           "PD-DDPM (entropy)"]
-    pre, pd, pd_entropy = rows
+    assert [(r["method"], r["sampler"]) for r in rows] == [
+        ("pre-segmenter (softmax uncertainty)", ""), ("PD-DDPM (variance)", "ddim 2 steps"),
+        ("PD-DDPM (entropy)", "ddim 2 steps"), ("PD-DDPM (variance)", "ddim 2 steps, soft start"),
+        ("PD-DDPM (entropy)", "ddim 2 steps, soft start")]
+    pre, pd, pd_entropy, soft, _ = rows
+    assert soft["cases"] == 2 and soft["nfe_per_case"] == pd["nfe_per_case"]
+    soft_settings = json.loads((work / "sampling" / "seed0" / "PDDDPMAttUNetTrainer_tiny" / "PDDDPMTrainer_tiny_preseg"
+                                / "predictions" / "pdddpm_ddim_soft" / "benchmark_settings.json").read_text())
+    assert soft_settings["soft_pre_segmentation"] is True
     assert pre["cases"] == pd["cases"] == 2  # one seed x the tiny set's two test cases
     assert pd["denoiser"] == "PDDDPMTrainer_tiny_preseg" and pd["sampler"] == "ddim 2 steps"
     # one ensemble, two uncertainty maps: the segmentation metrics are the same

@@ -54,8 +54,20 @@ def test_second_run_reuses_every_finished_step(first_run):
     assert second["rows"][0]["seconds_per_case"] == first["rows"][0]["seconds_per_case"]
 
 
+def test_configuration_flag_reaches_the_pipeline(monkeypatch):
+    """``-c 3d_fullres`` runs every stage with that configuration (the stages take it from the profile; the 3D
+    commands themselves are exercised by tests/trainers/test_3d_multiclass.py)."""
+    import nnunet_pdddpm.demo.pipeline as pipeline
+    from nnunet_pdddpm.cli import demo
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_demo", lambda workdir, profile, *args: seen.append(profile))
+    demo.main(["--profile", "tiny", "-c", "3d_fullres", "-device", "cpu", "-o", "unused"])
+    assert seen[0].configuration == "3d_fullres" and seen[0].name == "tiny"
+
+
 def test_help_explains_every_flag():
     out = subprocess.run([sys.executable, "-m", "nnunet_pdddpm.cli.demo", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for flag in ("--output", "--profile", "-device", "--num_processes", "--figures"):
+    for flag in ("--output", "--profile", "-c", "-device", "--num_processes", "--figures"):
         assert flag in out

@@ -5,6 +5,7 @@ from collections import Counter
 import pytest
 from torch import nn
 
+from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.batching import (
     MAX_WINDOW_BATCHES,
     batch_size_for_budget,
@@ -12,7 +13,7 @@ from nnunet_pdddpm.inference.batching import (
     plan_windows,
     window_length,
 )
-from nnunet_pdddpm.inference.ensemble_sampling import sampling_batch_size
+from nnunet_pdddpm.inference.ensemble_sampling import members_per_fold, sampling_batch_size
 from nnunet_pdddpm.inference.settings import SamplingSettings
 from nnunet_pdddpm.networks import TimeConditionedUNet
 
@@ -25,7 +26,7 @@ AWKWARD = [  # (patches, folds, members, batch size)
 @pytest.mark.parametrize("fixed_shape", [False, True])
 @pytest.mark.parametrize("patches, folds, members, batch", AWKWARD)
 def test_every_sample_once_in_full_batches(patches, folds, members, batch, fixed_shape):
-    windows = plan_windows(patches, folds, members, batch, fixed_shape)
+    windows = plan_windows(patches, [members] * folds, batch, fixed_shape)
     seen = Counter((b.fold, j.patch, j.member) for w in windows for b in w.batches for j in b.jobs)
     assert seen == Counter((f, p, m) for f in range(folds) for p in range(patches) for m in range(members))
     batches = [b for w in windows for b in w.batches]
@@ -40,7 +41,7 @@ def test_every_sample_once_in_full_batches(patches, folds, members, batch, fixed
 
 @pytest.mark.parametrize("patches, folds, members, batch", AWKWARD)
 def test_windows_partition_patches_and_keep_the_summation_order(patches, folds, members, batch):
-    windows = plan_windows(patches, folds, members, batch)
+    windows = plan_windows(patches, [members] * folds, batch)
     assert [p for w in windows for p in w.patches] == list(range(patches))
     for w in windows:
         batch_patches = {j.patch for b in w.batches for j in b.jobs}
@@ -59,8 +60,29 @@ def test_window_length_bounds():
 
 
 def test_invalid_plans_are_refused():
-    with pytest.raises(ValueError):
-        plan_windows(3, 1, 5, 0)
+    for members, batch in [([5], 0), ([], 4), ([0, 0], 4), ([2, -1], 4)]:
+        with pytest.raises(ValueError):
+            plan_windows(3, members, batch)
+
+
+@pytest.mark.parametrize("members", [(3, 2), (1, 1, 1, 1, 1), (2, 0), (4, 3, 3)])
+def test_uneven_members_per_fold_are_each_sampled_once(members):
+    windows = plan_windows(7, members, 4)
+    seen = Counter((b.fold, j.patch, j.member) for w in windows for b in w.batches for j in b.jobs)
+    assert seen == Counter((f, p, m) for f, n in enumerate(members) for p in range(7) for m in range(n))
+    assert not any(b.fold == f for w in windows for b in w.batches for f, n in enumerate(members) if n == 0)
+
+
+@pytest.mark.parametrize("total, folds, expected", [(5, 1, (5,)), (5, 2, (3, 2)), (5, 5, (1,) * 5), (7, 3, (3, 2, 2))])
+def test_ensemble_is_the_total_per_case_dealt_over_folds(total, folds, expected):
+    assert members_per_fold(SamplingSettings(ensemble_size=total), folds) == expected
+    assert members_per_fold(SamplingSettings(ensemble_size=total, ensemble_per_fold=True), folds) == (total,) * folds
+
+
+def test_fewer_samples_than_folds_is_one_sentence():
+    with pytest.raises(PDDDPMUserError, match=r"^--ensemble 3 is the total number of samples per case, fewer than "
+                                              r"the 5 folds .*--ensemble_per_fold\.$"):
+        members_per_fold(SamplingSettings(ensemble_size=3), 5)
 
 
 def small_denoiser(features=(4, 8, 8)) -> nn.Module:

@@ -142,7 +142,9 @@ def run_case(networks, **fields):
     counted = []
     result = sample_case(networks, image, x0_pre, slicers, gaussian, settings, DiffusionConfig(), "case_7", CPU,
                          lambda: torch.autocast("cpu", enabled=False), counted.append)
-    assert sum(counted) == len(slicers) * len(networks) * settings.ensemble_size * 20  # NFE without padding
+    # NFE without padding: the ensemble is the total over the folds (3 = 2 + 1 for two), or 3 from every fold
+    per_case = settings.ensemble_size * (len(networks) if settings.ensemble_per_fold else 1)
+    assert sum(counted) == len(slicers) * per_case * 20
     return result
 
 
@@ -160,6 +162,20 @@ def two_folds():
 @pytest.fixture(scope="module")
 def plain_result(two_folds):
     return run_case(two_folds, reference_sampler=True, max_batch_size=1)
+
+
+def test_per_class_uncertainty_averages_to_the_scalar_map(two_folds, plain_result):
+    result = run_case(two_folds, reference_sampler=True, max_batch_size=1, per_class_uncertainty=True)
+    assert torch.equal(result.probabilities, plain_result.probabilities)
+    assert result.class_uncertainty.shape == result.probabilities.shape
+    torch.testing.assert_close(result.class_uncertainty.mean(0), plain_result.uncertainty, atol=1e-6, rtol=0)
+    # two classes: p0 = 1 - p1 in every sample, so both classes have the same variance
+    torch.testing.assert_close(result.class_uncertainty[0], result.class_uncertainty[1], atol=1e-6, rtol=0)
+
+
+def test_ensemble_per_fold_draws_every_member_from_every_fold(two_folds, plain_result):
+    result = run_case(two_folds, reference_sampler=True, max_batch_size=4, ensemble_per_fold=True)
+    assert not torch.equal(result.probabilities, plain_result.probabilities)  # 6 samples, not 3
 
 
 @pytest.mark.parametrize("max_batch_size", [7, 16, 48])

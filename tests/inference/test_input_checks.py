@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -32,6 +34,9 @@ def test_good_case_passes(tmp_path):
     ("grid", "The channels of case c differ in size or spacing"),
     ("count", "Case c has 1 channel files but the model expects 2"),
     ("garbage", "is not a readable image"),
+    ("nan_nifti", "contains NaN or infinite voxels (2 of 120)"),
+    ("truncated", "is incomplete: its compressed data ends early"),
+    ("4d", "is a 4D image"),
 ])
 def test_bad_cases_are_named_in_one_sentence(tmp_path, problem, message):
     a = _ok()
@@ -46,12 +51,40 @@ def test_bad_cases_are_named_in_one_sentence(tmp_path, problem, message):
         files = [_write(tmp_path / "c_0000.nii.gz", a), _write(tmp_path / "c_0001.nii.gz", _ok((4, 6, 6)))]
     elif problem == "count":
         files = [_write(tmp_path / "c_0000.nii.gz", a)]
+    elif problem == "nan_nifti":  # SimpleITK reads these as 0: the raw data are checked
+        a[1, 2, 3], a[2, 2, 2] = np.nan, -np.inf
+        files = [_write(tmp_path / "c_0000.nii.gz", a)]
+    elif problem == "truncated":
+        files = [_write(tmp_path / "c_0000.nii.gz", _ok((20, 30, 40)))]
+        data = open(files[0], "rb").read()
+        open(files[0], "wb").write(data[: len(data) // 2])
+    elif problem == "4d":
+        import nibabel as nib
+
+        nib.save(nib.Nifti1Image(np.stack([a, a], -1), np.eye(4)), tmp_path / "c_0000.nii.gz")
+        files = [str(tmp_path / "c_0000.nii.gz")]
     else:
         (tmp_path / "c_0000.nii.gz").write_bytes(b"not an image")
         files = [str(tmp_path / "c_0000.nii.gz")]
     n = 2 if problem in ("grid", "count") else 1
-    with pytest.raises(PDDDPMUserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(PDDDPMUserError, match=re.escape(message)):
         check(files, n=n)
+
+
+def test_files_that_nnunet_would_skip_are_named(tmp_path):
+    from nnunet_pdddpm.inference.input_checks import list_input_cases
+
+    dataset_json = {"file_ending": ".nii.gz", "channel_names": {"0": "FLAIR"}}
+    _write(tmp_path / "a_0000.nii.gz", _ok())
+    (tmp_path / "a_0000.json").write_text("{}")  # Tiff3DIO's spacing file: not an image
+    assert list_input_cases(str(tmp_path), dataset_json) == [[str(tmp_path / "a_0000.nii.gz")]]
+    _write(tmp_path / "b_0000.nii", _ok())
+    with pytest.raises(PDDDPMUserError, match=r"1 file\(s\) .* do not end with the dataset's file ending '.nii.gz' "
+                                              r"\(dataset.json\) and would be skipped: b_0000.nii;"):
+        list_input_cases(str(tmp_path), dataset_json)
+    (tmp_path / "b_0000.nii").rename(tmp_path / "b.nii.gz")
+    with pytest.raises(PDDDPMUserError, match="lack the 4-digit channel number: b.nii.gz"):
+        list_input_cases(str(tmp_path), dataset_json)
 
 
 def test_2d_images_are_fine_for_a_2d_configuration(tmp_path):

@@ -185,3 +185,22 @@ def test_unsupported_architecture_is_a_user_error() -> None:
     broken["architecture"]["arch_kwargs"]["nonlin"] = "torch.nn.NoSuchNonlin"
     with pytest.raises(PDDDPMUserError, match="NoSuchNonlin"):
         build_denoiser(ConfigurationManager(broken), 1, 2)
+
+
+def test_attention_at_most_16_voxels_per_axis_sits_where_the_plans_put_that_resolution() -> None:
+    """The paper's choice (one head at 16x16) as a resolution, not a stage count: the 2d plan's stages are 40x56,
+    20x28, 10x14 and 5x7, so attention at <= 16 covers the two coarsest; the 3d plan's 12x40x48 -> ... -> 3x5x6
+    stages have max sizes 48, 24, 12, 6."""
+    from nnunet_pdddpm.networks.from_plans import attention_stages_at_most, stage_sizes
+
+    cm2, cm3 = make_configuration(2), make_configuration(3)
+    assert stage_sizes(cm2) == [[40, 56], [20, 28], [10, 14], [5, 7]]
+    assert stage_sizes(cm3) == [[12, 40, 48], [12, 20, 24], [6, 10, 12], [6, 5, 6]]
+    assert attention_stages_at_most(cm2, 16) == 2 and attention_stages_at_most(cm3, 16) == 2
+    assert attention_stages_at_most(cm2, 4) == 1  # never less than the bottleneck
+    assert attention_stages_at_most(cm2, 64) == 4
+    kwargs = denoiser_kwargs_from_plans(cm2, 1, 2, attention_stages=1, attention_max_size=16)
+    assert kwargs["attention_stages"] == 2  # stored as a count: checkpoints load as before
+    net = build_denoiser(cm2, 1, 2, attention_max_size=16)
+    channels = sorted(m.norm.num_channels for m in net.modules() if isinstance(m, SelfAttentionBlock))
+    assert channels == [32, 32, 32]  # encoder stages 2 and 3, and the decoder stage at stage 2's resolution

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 from conftest import DATASET, DATASET_ID, model_folder, nnunet_env, run_cli
@@ -26,6 +27,12 @@ class PDDDPMTrainer_killable(PDDDPMTrainer_tiny):
         self.num_epochs = 6
         self.save_every = 1
 '''
+
+
+def _as_from_a_terminal() -> None:
+    """Ctrl-C's default action in the child: a test run in the background (``cmd &``) inherits SIGINT ignored,
+    and Python keeps an ignored SIGINT ignored, as a command started from a terminal would not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _start(args, env):
@@ -93,3 +100,89 @@ def test_prediction_killed_mid_run_continues_to_identical_outputs(trained, tmp_p
         for name in names:
             np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(ref / sub / name))),
                                           sitk.GetArrayFromImage(sitk.ReadImage(str(out / sub / name))))
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """Every process as {pid: (ppid, session id, command line)}, read from /proc."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ...
+        table[int(name)] = (int(fields[1]), int(fields[3]), cmdline)
+    return table
+
+
+def _tree(root: int, sessions: set[int]) -> dict[int, tuple[int, int, str]]:
+    """``root``, its descendants, and every process of ``sessions`` (orphans keep their session, not their parent)."""
+    table = _processes()
+    members = {pid for pid, (_, sid, _) in table.items() if pid == root or sid in sessions}
+    while True:
+        more = {pid for pid, (ppid, _, _) in table.items() if ppid in members} - members
+        if not more:
+            return {pid: table[pid] for pid in members}
+        members |= more
+
+
+def _interrupt_and_expect_no_survivors(proc, sig, sessions, err_file):
+    os.kill(proc.pid, sig)  # the main process only, as `kill PID` does
+    proc.wait(timeout=120)
+    assert proc.returncode == 128 + sig
+    err = err_file.read_text()
+    assert f"interrupted by {signal.Signals(sig).name}." in err and "Traceback" not in err, err[-3000:]
+    deadline = time.time() + 15
+    while (left := _tree(proc.pid, sessions)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not left, f"left running: {left}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_sampling_ends_every_child_process(trained, tmp_path, sig):
+    inp = tmp_path / "images"
+    shutil.copytree(trained / "raw" / DATASET / "imagesTs", inp)
+    for f in sorted((trained / "raw" / DATASET / "imagesTr").iterdir())[:4]:
+        shutil.copy(f, inp / f.name)
+    out, err_file = tmp_path / "out", tmp_path / "stderr.txt"
+    exe = Path(sys.executable).parent / "nnunet_pdddpm_predict"
+    args = ["-i", str(inp), "-o", str(out), "-d", str(DATASET_ID), "-c", "2d", "-tr", "PDDDPMTrainer_tiny",
+            "-preseg_tr", "PDDDPMAttUNetTrainer_tiny", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
+            "--t_prime", "40", "--ensemble", "2", "--sampler", "ddpm", "--disable_progress_bar"]
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen([str(exe), *args], env=nnunet_env(trained), stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True, preexec_fn=_as_from_a_terminal)
+    start = time.time()
+    while not (out.is_dir() and any(p.name.endswith(".nii.gz") for p in out.iterdir())):
+        assert proc.poll() is None, "finished before it could be interrupted"
+        assert time.time() - start < 300
+        time.sleep(0.2)
+    # sampling the next case: nnU-Net's preprocessing worker and the Manager behind its queues are running
+    assert len(_tree(proc.pid, {proc.pid})) >= 3
+    _interrupt_and_expect_no_survivors(proc, sig, {proc.pid}, err_file)
+    for f in out.glob("*.nii.gz"):  # what looks complete is complete
+        sitk.ReadImage(str(f))
+
+
+@pytest.mark.slow
+def test_demo_killed_during_training_ends_nnunet_train_and_its_workers(tmp_path):
+    err_file = tmp_path / "output.txt"
+    exe = Path(sys.executable).parent / "nnunet_pdddpm_demo"
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen([str(exe), "-o", str(tmp_path / "work"), "--profile", "tiny", "-device", "cpu",
+                                 "-np", "1"], stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
+    sessions, start = {proc.pid}, time.time()
+    while True:  # nnUNetv2_train runs in a session of its own: collect the sessions as they appear
+        tree = _tree(proc.pid, sessions)
+        sessions |= {sid for _, sid, _ in tree.values()}
+        if any("nnUNetv2_train" in cmd for _, _, cmd in tree.values()):
+            break
+        assert proc.poll() is None, "finished before it could be interrupted"
+        assert time.time() - start < 600
+        time.sleep(0.2)
+    time.sleep(3)
+    sessions |= {sid for _, sid, _ in _tree(proc.pid, sessions).values()}
+    _interrupt_and_expect_no_survivors(proc, signal.SIGTERM, sessions, err_file)

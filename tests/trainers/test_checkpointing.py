@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from nnunet_pdddpm.checkpoints import load_checkpoint_safe, save_checkpoint_atomic, to_safe_types
 from nnunet_pdddpm.errors import PDDDPMUserError
-from nnunet_pdddpm.trainers.checkpointing import load_checkpoint_safe, save_checkpoint_atomic, to_safe_types
 from nnunet_pdddpm.trainers.ema import EMA
 
 

@@ -52,6 +52,27 @@ def test_more_draws_than_the_plan_batch_never_grow_the_network_batch(nnunet_root
     assert trainer.batch_size * trainer.draws_per_image == 4
 
 
+def test_a_loader_batch_shrunk_by_noise_draws_still_forces_foreground(nnunet_root, monkeypatch):
+    """nnU-Net forces foreground in the last batch - round(batch (1 - p)) images: with p = 0.33 the plan's batch 4
+    forces 1 of 4; a loader batch of 1 would force none (round(0.67) = 1) unless p is raised with the split."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+    def forced(trainer) -> int:
+        loader = object.__new__(nnUNetDataLoader)  # nnU-Net's own rule, without building a loader
+        loader.batch_size, loader.oversample_foreground_percent = (trainer.batch_size,
+                                                                   trainer.oversample_foreground_percent)
+        return sum(nnUNetDataLoader._oversample_last_XX_percent(loader, i) for i in range(trainer.batch_size))
+
+    plain = make_trainer(nnunet_root, _tiny(), monkeypatch)
+    assert (plain.batch_size, plain.oversample_foreground_percent, forced(plain)) == (4, 0.33, 1)
+    for draws, expected in ((2, (2, 2, 1)), (4, (1, 4, 1)), (8, (1, 4, 1))):
+        trainer = make_trainer(nnunet_root, _tiny(noise_draws_per_image=draws), monkeypatch)
+        assert (trainer.batch_size, trainer.draws_per_image, forced(trainer)) == expected
+    trainer.oversample_foreground_percent = 0.0
+    trainer._set_batch_size_and_oversample()
+    assert forced(trainer) == 0  # no oversampling asked, none added
+
+
 def test_fused_adam_skip_leaves_weights_and_moments_untouched():
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(16))

@@ -1,0 +1,67 @@
+"""nnU-Net's checkpoint, written as plain data and read back without running code.
+
+``nnUNetTrainer.save_checkpoint`` pickles numpy scalars (the logger's Dice values) in place and
+``load_checkpoint`` unpickles with ``weights_only=False`` (and fails when given a dict, in 2.8.1).
+:class:`SafeCheckpointMixin` keeps nnU-Net's keys and meaning, so nnU-Net's tools still read the files,
+but writes them through :func:`save_checkpoint_atomic` (they load with ``torch.load(weights_only=True)``
+and no allow-list) and resumes through :func:`load_nnunet_checkpoint` (older files with numpy scalars too).
+"""
+from __future__ import annotations
+
+import os
+
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from nnunet_pdddpm.checkpoints import load_nnunet_checkpoint, save_checkpoint_atomic, trust_checkpoints_from_env
+
+
+class SafeCheckpointMixin:
+    """Put before ``nnUNetTrainer`` in the bases of a trainer whose checkpoints should be plain data."""
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": _bare_network(self).state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+        }
+        save_checkpoint_atomic(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """Resume as nnU-Net does (``nnUNetv2_train --c``), from a file or an already loaded dict."""
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, (str, os.PathLike)):
+            checkpoint = load_nnunet_checkpoint(checkpoint, map_location=self.device,
+                                                trust_checkpoints=trust_checkpoints_from_env())
+        network = _bare_network(self)
+        own = network.state_dict().keys()
+        network.load_state_dict({k[7:] if k not in own and k.startswith("module.") else k: v
+                                 for k, v in checkpoint["network_weights"].items()})
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+
+
+def _bare_network(trainer) -> nn.Module:
+    """The network without DDP and ``torch.compile`` wrappers (whose state-dict keys differ)."""
+    mod = trainer.network.module if trainer.is_ddp else trainer.network
+    return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
