@@ -4,7 +4,8 @@ Builds the trainer's denoiser from the dataset's plans (random weights: cost doe
 preprocessed training cases, and samples each as ``nnunet_pdddpm_predict`` does (nnU-Net's sliding window and
 Gaussian, the case's own label map as pre-segmentation), timing ``sample_case`` only (no pre-segmenter, no
 export). Prints patches, NFE, seconds per case and per denoiser evaluation, the FLOPs of one evaluation
-(FlopCounterMode, batch 1) and the process's peak memory (CPU: peak RSS, so run one trainer per process), and
+(FlopCounterMode, batch 1), the estimated activation memory of one sample (``batching.estimate_sample_bytes``, as
+``--memory_budget_gb`` uses it) and the process's peak memory (CPU: peak RSS, so run one trainer per process), and
 extrapolates to the paper's setting (T' = 300 ancestral steps, ensemble 5) by NFE.
 
     python -m benchmarks.benchmark_3d_sampling -d 988 -c 3d_fullres -tr PDDDPMTrainer -device cpu
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="DDIM steps from T' (default: 3; cost scales with NFE).")
     p.add_argument("--ensemble", type=int, default=1, help="Samples per case (default: 1).")
     p.add_argument("--max_batch_size", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1, help="Untimed samplings of the first case (default: 1).")
     p.add_argument("--json", default=None)
     return p
 
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     from nnunetv2.utilities.helpers import empty_cache
 
     from nnunet_pdddpm.diffusion.encoding import hard_onehot
+    from nnunet_pdddpm.inference.batching import estimate_sample_bytes
     from nnunet_pdddpm.inference.ensemble_sampling import number_of_evaluations, sample_case
     from nnunet_pdddpm.inference.settings import SamplingSettings
     from nnunet_pdddpm.trainers.discovery import ensure_trainer_discovery
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     channels = cases[0][1].shape[0]
     flops = count_flops(network, (1, channels + num_classes, *patch), (1,), device=device,
                         dtypes=(torch.float32, torch.long))
+    activation = estimate_sample_bytes(network, (channels + num_classes, *patch))
     settings = SamplingSettings(t_prime=args.t_prime, ensemble_size=args.ensemble, sampler="ddim", steps=args.steps,
                                 max_batch_size=args.max_batch_size)
     paper = SamplingSettings(t_prime=300, ensemble_size=5, sampler="ddpm")
@@ -114,8 +118,13 @@ def main(argv: list[str] | None = None) -> dict:
         slicers = [(slice(None), *[slice(s, s + p) for s, p in zip(start, patch)])
                    for start in np.array(np.meshgrid(*steps, indexing="ij")).reshape(len(patch), -1).T.tolist()]
         nfe = number_of_evaluations(len(slicers), 1, settings, args.t_prime)
-        _, seconds = timed(lambda: sample_case([network], padded, x0_pre, slicers, gaussian, settings, config, key,
-                                               device, autocast), device)
+
+        def sample():
+            return sample_case([network], padded, x0_pre, slicers, gaussian, settings, config, key, device, autocast)
+
+        for _ in range(args.warmup if not rows else 0):
+            sample()
+        _, seconds = timed(sample, device)
         paper_nfe = number_of_evaluations(len(slicers), 1, paper, 300)
         rows.append({"case": key, "shape": "x".join(map(str, image.shape[1:])), "patches": len(slicers), "nfe": nfe,
                      "seconds": seconds, "s_per_eval": seconds / nfe, "paper_nfe": paper_nfe,
@@ -125,11 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
     params = sum(p.numel() for p in network.parameters())
     payload = {"device": device_name(device), "torch": torch.__version__, "trainer": args.tr, "configuration": args.c,
                "patch_size": patch, "parameters": params, "gflop_per_evaluation": flops / 1e9,
+               "estimated_activation_gib_per_sample": activation / 2 ** 30,
                "peak_memory_gib": peak / 2 ** 30, "peak_memory_is": what, "args": vars(args), "rows": rows}
     if args.json:
         write_json(args.json, payload)
     print(f"{args.tr} {args.c} on {payload['device']}: patch {patch}, {params / 1e6:.2f} M parameters, "
-          f"{flops / 1e9:.1f} GFLOP per denoiser evaluation (batch 1), DDIM {args.steps} steps from T'={args.t_prime}, "
+          f"{flops / 1e9:.1f} GFLOP per denoiser evaluation (batch 1), {activation / 2 ** 30:.2f} GiB activations per "
+          f"sample (estimate_sample_bytes), DDIM {args.steps} steps from T'={args.t_prime}, "
           f"ensemble {args.ensemble}, batch {args.max_batch_size}; peak memory {peak / 2 ** 30:.2f} GiB ({what})")
     print(format_table(rows, COLUMNS))
     return payload

@@ -118,7 +118,7 @@ def _offending_type(message: str) -> str:
 
 def _unreadable(filename: str | os.PathLike, message: str) -> PDDDPMUserError:
     lines = [line.strip() for line in message.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
-    reason = lines[0] if lines else "unreadable"
+    reason = lines[0].split(". ")[0].rstrip(".") if lines else "unreadable"  # torch appends advice that is not ours
     return PDDDPMUserError(f"Checkpoint {filename} cannot be read ({reason}); it is truncated or not a PyTorch "
                            f"checkpoint, so train or copy it again.")
 

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("tiny", "small", "full"),
         default="small",
         help="Size (default: small): tiny = 6+2 cases at 50x60x12 (tests, seconds); "
-        "small = 20+5 cases at 2x2x3 mm (CPU demo); full = 40+10 cases at 1x1x3 mm, 180x216x60 (GPU).",
+        "small = 20+5 cases at 2x2x3 mm; full = 40+10 cases at 1x1x3 mm, 180x216x60 (the demo's gpu profile; "
+        "its cpu profile makes a reduced set of its own).",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="Random seed (default: 0); the same seed gives identical images."
