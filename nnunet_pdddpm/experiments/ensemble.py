@@ -30,6 +30,7 @@ def run(runner: ExperimentRunner, output: Path, sampling: dict, values: Sequence
     """PD-DDPM with ensembles of each size in ``values``, ``repeats`` times with other seeds; one row per size."""
     sizes = sorted(set(values))
     base = runner.settings(**sampling)
+    # one sample from every selected fold per member: with several folds, a size here counts per fold
     member = replace(base, ensemble_size=1, ensemble_per_fold=True, uncertainty="none")
     pre = runner.pre_segmentation()
     runs = {n: [] for n in sizes}
