@@ -46,6 +46,7 @@ from nnunet_pdddpm.errors import PDDDPMUserError, install_excepthook
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs, denoiser_kwargs_from_plans
 from nnunet_pdddpm.trainers.ema import EMA
 from nnunet_pdddpm.trainers.pre_segmentation_errors import simulate_pre_segmentation_errors
+from nnunet_pdddpm.trainers.safe_checkpoints import nnunet_checkpoint
 from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
 from nnunet_pdddpm.trainers.update_guard import NonFiniteMonitor, make_adam, step_unless
 
@@ -354,19 +355,8 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
-        checkpoint = {
-            "network_weights": self._bare_network().state_dict(),
-            "ema": self.ema.state_dict(),
-            "pdddpm": self.pdddpm_settings(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-        }
+        checkpoint = {**nnunet_checkpoint(self, self._bare_network()), "ema": self.ema.state_dict(),
+                      "pdddpm": self.pdddpm_settings()}
         save_checkpoint_atomic(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:

@@ -16,6 +16,21 @@ from torch._dynamo import OptimizedModule
 from nnunet_pdddpm.checkpoints import load_nnunet_checkpoint, save_checkpoint_atomic, trust_checkpoints_from_env
 
 
+def nnunet_checkpoint(trainer, network: nn.Module) -> dict:
+    """The keys and values ``nnUNetTrainer.save_checkpoint`` writes, for ``network`` (without a compile wrapper)."""
+    return {
+        "network_weights": network.state_dict(),
+        "optimizer_state": trainer.optimizer.state_dict(),
+        "grad_scaler_state": trainer.grad_scaler.state_dict() if trainer.grad_scaler is not None else None,
+        "logging": trainer.logger.get_checkpoint(),
+        "_best_ema": trainer._best_ema,
+        "current_epoch": trainer.current_epoch + 1,
+        "init_args": trainer.my_init_kwargs,
+        "trainer_name": trainer.__class__.__name__,
+        "inference_allowed_mirroring_axes": trainer.inference_allowed_mirroring_axes,
+    }
+
+
 class SafeCheckpointMixin:
     """Put before ``nnUNetTrainer`` in the bases of a trainer whose checkpoints should be plain data."""
 
@@ -25,18 +40,7 @@ class SafeCheckpointMixin:
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
-        checkpoint = {
-            "network_weights": _bare_network(self).state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-        }
-        save_checkpoint_atomic(checkpoint, filename)
+        save_checkpoint_atomic(nnunet_checkpoint(self, _bare_network(self)), filename)
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         """Resume as nnU-Net does (``nnUNetv2_train --c``), from a file or an already loaded dict."""
