@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
     from nnunetv2.utilities.helpers import empty_cache
 
     from nnunet_pdddpm.diffusion.encoding import hard_onehot
+    from nnunet_pdddpm.discovery import ensure_trainer_discovery
     from nnunet_pdddpm.inference.batching import estimate_sample_bytes
     from nnunet_pdddpm.inference.ensemble_sampling import number_of_evaluations, sample_case
-    from nnunet_pdddpm.inference.settings import SamplingSettings
-    from nnunet_pdddpm.trainers.discovery import ensure_trainer_discovery
+    from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
+    from nnunet_pdddpm.precision import autocast
 
     ensure_trainer_discovery()
     try:
@@ -95,14 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
     flops = count_flops(network, (1, channels + num_classes, *patch), (1,), device=device,
                         dtypes=(torch.float32, torch.long))
     activation = estimate_sample_bytes(network, (channels + num_classes, *patch))
-    settings = SamplingSettings(t_prime=args.t_prime, ensemble_size=args.ensemble, sampler="ddim", steps=args.steps,
-                                max_batch_size=args.max_batch_size)
+    settings = SamplingSettings(t_prime=args.t_prime, ensemble_size=args.ensemble, sampler="ddim", steps=args.steps)
+    performance = PerformanceSettings(max_batch_size=args.max_batch_size)
     paper = SamplingSettings(t_prime=300, ensemble_size=5, sampler="ddpm")
     config = trainer.diffusion_config
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
-            else torch.autocast("cpu", enabled=False)
 
     gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=device,
                                 dtype=torch.float32)
@@ -120,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
         nfe = number_of_evaluations(len(slicers), 1, settings, args.t_prime)
 
         def sample():
-            return sample_case([network], padded, x0_pre, slicers, gaussian, settings, config, key, device, autocast)
+            return sample_case([network], padded, x0_pre, slicers, gaussian, settings, performance, config, key, device,
+                               lambda: autocast(device))
 
         for _ in range(args.warmup if not rows else 0):
             sample()

@@ -40,6 +40,7 @@ from nnunet_pdddpm.demo.run_profiles import CPU_DATASET
 from nnunet_pdddpm.evaluation.paired import paired_difference
 from nnunet_pdddpm.experiments.report import write_rows
 from nnunet_pdddpm.inference.ensemble_sampling import predictive_entropy
+from nnunet_pdddpm.inference.settings import PerformanceSettings
 from nnunet_pdddpm.io_utils import write_json_atomic
 from nnunet_pdddpm.trainers.seeding import SEED_VARIABLE
 
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "PD-DDPM row (default nnUNetTrainer_demoCPU_long; 'none' for none).")
     p.add_argument("--starts", nargs="+", choices=("hard", "soft"), default=["hard"],
                    help="Diffuse the pre-segmenter's argmax (hard, the paper) and/or its probabilities as 2p - 1 "
-                        "(soft, --soft_preseg of predict) (default: hard).")
+                        "(soft, --soft_pre_segmentation of predict) (default: hard).")
     p.add_argument("-np", "--num_processes", type=int, default=1, help="nnU-Net worker processes (default 1).")
     return p
 
@@ -163,7 +164,8 @@ def sample_pair(work: Path, seed: int, dataset: Path, pre_segmenter: str, denois
     from nnunet_pdddpm.experiments.runner import ExperimentRunner, ModelSelection
 
     models = ModelSelection(str(model_folder(work, seed, dataset.name, denoiser)),
-                            str(model_folder(work, seed, dataset.name, pre_segmenter)), folds=(0,), device="cpu")
+                            str(model_folder(work, seed, dataset.name, pre_segmenter)), folds=(0,), device="cpu",
+                            performance=PerformanceSettings(max_batch_size=32))
     out = work / "sampling" / f"seed{seed}" / pre_segmenter / denoiser
     runner = ExperimentRunner(models, dataset / "imagesTs", dataset / "labelsTs", out, verbose=False)
     pre = runner.pre_segmentation()
@@ -171,9 +173,8 @@ def sample_pair(work: Path, seed: int, dataset: Path, pre_segmenter: str, denois
     for sampler, start in ((sampler, start) for sampler in setup.samplers for start in setup.starts):
         steps = None if sampler == "ddpm" else setup.steps
         settings = runner.settings(t_prime=setup.t_prime, ensemble_size=setup.ensemble_size, sampler=sampler,
-                                   steps=steps, max_batch_size=32, uncertainty="variance",
-                                   soft_pre_segmentation=start == "soft")
-        settings.steps = steps
+                                   steps=steps, uncertainty="variance", soft_pre_segmentation=start == "soft")
+        settings = dataclasses.replace(settings, steps=steps)  # (None, "every step", is not an override)
         stem = f"pdddpm_{sampler}" + ("" if start == "hard" else "_soft")
         names = {u: stem + ("" if u == "variance" else f"_{u}") for u in UNCERTAINTIES}
         for name in names.values():

@@ -34,7 +34,8 @@ from benchmarks.common import (
 from benchmarks.sampling_setups import Setup, dataset_setups, synthetic_setup
 from nnunet_pdddpm.inference.batching import estimate_sample_bytes
 from nnunet_pdddpm.inference.ensemble_sampling import sampling_batch_size
-from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
+from nnunet_pdddpm.precision import autocast
 
 log = logging.getLogger("benchmark_sampling")
 VARIANT_KEYS = ("preseg", "vanilla", "pdddpm", "ddim", "dpm++")
@@ -81,13 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def method_variants(args) -> list[tuple[str, str, dict | None]]:
-    """(key, label, SamplingSettings fields or None for the pre-segmenter alone)."""
+    """(key, label, SamplingSettings and PerformanceSettings fields or None for the pre-segmenter alone)."""
     e, tp = args.ensemble, args.t_prime
     ddpm_steps = 3 if args.quick else None
     fast_steps = (2, 3) if args.quick else (10, 20)
     base = dict(ensemble_size=e, seed=args.seed, max_batch_size=args.max_batch_size,
                 memory_budget_gb=args.memory_budget_gb, channels_last=args.channels_last,
-                compile_denoiser=args.compile)
+                compile=args.compile)
     some = f" ({ddpm_steps} steps)" if ddpm_steps else ""
     rows = [("preseg", "pre-segmenter", None),
             ("vanilla", f"vanilla DDPM T=1000 x{e}{some}", dict(base, vanilla=True, sampler="ddpm", steps=ddpm_steps)),
@@ -103,14 +104,14 @@ def method_variants(args) -> list[tuple[str, str, dict | None]]:
 def ablation_variants(args) -> list[tuple[str, dict]]:
     """PD-DDPM ddpm through each sampling path; layouts first plain, then channels-last (the network is converted)."""
     base = dict(method_variants(argparse.Namespace(**{**vars(args), "variants": "pdddpm"}))[0][2],
-                channels_last=False, compile_denoiser=False)
+                channels_last=False, compile=False)
     rows = [("path: plain (diffusers step)", dict(base, reference_sampler=True)),
             ("path: tensor step", dict(base))]
     for b in [int(b) for b in args.batch_sizes.split(",") if b]:
         rows.append((f"path: tensor step, batch {b}", dict(base, max_batch_size=b)))
     rows.append(("path: tensor step + channels_last", dict(base, channels_last=True)))
     if args.compile:
-        rows.append(("path: + channels_last + compile", dict(base, channels_last=True, compile_denoiser=True)))
+        rows.append(("path: + channels_last + compile", dict(base, channels_last=True, compile=True)))
     return rows
 
 
@@ -148,28 +149,35 @@ def run_pre_segmenter(setup: Setup, device: torch.device) -> tuple[dict, float, 
     return _row(setup, "pre-segmenter", seconds, nfe, flops, 0.0, dices, device), nfe, flops
 
 
+def split_settings(fields: dict) -> tuple[SamplingSettings, PerformanceSettings]:
+    """A variant's fields as the method's settings and the performance knobs."""
+    knobs = {f.name for f in dataclasses.fields(PerformanceSettings)}
+    return (SamplingSettings(**{k: v for k, v in fields.items() if k not in knobs}),
+            PerformanceSettings(**{k: v for k, v in fields.items() if k in knobs}))
+
+
 def run_sampling(setup: Setup, label: str, fields: dict, device: torch.device, denoiser_flops: float,
                  pre_flops_per_case: float, reference: list[torch.Tensor] | None) -> tuple[dict, list[torch.Tensor]]:
     """One PD-DDPM / vanilla variant on every case, after an untimed warm-up: the first case with one ddim step
     (the same batch shapes, so cuDNN's autotuning and a compiled graph's capture happen there)."""
-    predictor = setup.predictor
+    predictor, pre = setup.predictor, setup.pre_segmenter
+    sampling, performance = split_settings(fields)
     c = setup.cases[0]
-    predictor.sampling = dataclasses.replace(SamplingSettings(**fields), sampler="ddim", steps=1)
-    _, warm_up = timed(lambda: predictor.predict_case(c.data, c.properties, c.key), device)
-    predictor.sampling = SamplingSettings(**fields)
-    predictor.sampling.validate(predictor.diffusion_config.num_train_timesteps)
+    warm = dataclasses.replace(sampling, sampler="ddim", steps=1)
+    _, warm_up = timed(lambda: predictor.predict_case(c.data, c.properties, c.key, warm, pre, performance), device)
     reset_peak_memory(device)
     seconds, dices, probs, nfes = [], [], [], []
     for case in setup.cases:
-        result, dt = timed(lambda: predictor.predict_case(case.data, case.properties, case.key), device)
+        result, dt = timed(lambda: predictor.predict_case(case.data, case.properties, case.key, sampling, pre,
+                                                          performance), device)
         seconds.append(dt)
-        nfes.append(predictor.last_nfe)
+        nfes.append(result.nfe)
         probs.append(result.probabilities.cpu())
         dices.append(setup.dice(probs[-1], case))
-    extra = 0.0 if predictor.sampling.vanilla else pre_flops_per_case  # predict_case runs the pre-segmenter
+    extra = 0.0 if sampling.vanilla else pre_flops_per_case  # predict_case runs the pre-segmenter
     row = _row(setup, label, seconds, float(np.mean(nfes)), denoiser_flops, extra, dices, device)
     row["warm_up_s"] = warm_up
-    row["settings"] = predictor.sampling.to_dict()
+    row["settings"] = {**sampling.to_dict(), **performance.to_dict()}
     if reference is not None:
         row["max_abs_dprob_vs_plain"] = max(float((a - b).abs().max()) for a, b in zip(probs, reference))
         row["seg_agreement_vs_plain"] = float(np.mean([(a.argmax(0) == b.argmax(0)).float().mean().item()
@@ -192,7 +200,7 @@ def attention_report(setup: Setup, device: torch.device) -> list[dict]:
     x = torch.randn(1, setup.cases[0].data.shape[0] + net.num_classes, *patch, device=device)
     F.scaled_dot_product_attention = spy
     try:
-        with torch.no_grad(), setup.predictor._autocast():
+        with torch.no_grad(), autocast(device):
             net(x, torch.zeros(1, dtype=torch.long, device=device))
     finally:
         F.scaled_dot_product_attention = original
@@ -217,8 +225,8 @@ def benchmark_setup(setup: Setup, args, device: torch.device) -> tuple[list[dict
     net = setup.predictor.networks[0]
     patch = tuple(setup.predictor.configuration_manager.patch_size)
     in_shape = (setup.cases[0].data.shape[0] + net.num_classes, *patch)
-    b = sampling_batch_size(SamplingSettings(max_batch_size=args.max_batch_size,
-                                             memory_budget_gb=args.memory_budget_gb), net, in_shape)
+    b = sampling_batch_size(PerformanceSettings(max_batch_size=args.max_batch_size,
+                                                memory_budget_gb=args.memory_budget_gb), net, in_shape)
     denoiser_flops = count_flops(net, (b, *in_shape), (b,), device=device,
                                  dtypes=(torch.float32, torch.long)) / b
     sample_bytes = estimate_sample_bytes(net, in_shape)

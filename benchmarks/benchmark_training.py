@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     from nnunetv2.run.run_training import get_trainer_from_args
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
-    from nnunet_pdddpm.trainers.discovery import ensure_trainer_discovery
+    from nnunet_pdddpm.discovery import ensure_trainer_discovery
 
     ensure_trainer_discovery()
     trainer = get_trainer_from_args(args.d, args.c, int(args.f) if args.f != "all" else "all", args.tr, args.p,

@@ -31,10 +31,10 @@ stage() {  # stage NAME SECONDS COMMAND...: run, log, never stop the session
 if [ "$QUICK" = 1 ]; then
     # a WMH-sized case costs 25 GFLOP per evaluation and patch: only the pre-segmenter fits a CPU dry run
     quick=(--quick) wmh=(--quick --preset wmh --cases 1 --variants preseg)
-    demo=(--profile tiny) iters=(--iterations 3 --warmup 1 --drain 2)
+    demo=(-profile tiny) iters=(--iterations 3 --warmup 1 --drain 2)
 else
     quick=() wmh=(--preset wmh --cases 1 --variants preseg,pdddpm,ddim,dpm++ --max_batch_size 80 --compile)
-    demo=(--profile full --num_train 12 --num_test 2) iters=(--iterations 40 --warmup 10)
+    demo=(-profile gpu -num_train 12 -num_test 2) iters=(--iterations 40 --warmup 10)
 fi
 
 { nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"; \

@@ -6,7 +6,6 @@ networks from ``synthetic.py``, no files.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from os.path import isfile, join
 from typing import Callable
@@ -63,21 +62,13 @@ def synthetic_setup(preset: str, device: torch.device, num_cases: int, seed: int
     predictor.manual_initialization_pdddpm([synthetic_denoiser(preset, cm, seed)], pm, cm, dataset_json, settings,
                                            "synthetic", None)
     pre = SyntheticPreSegmenter(pm, cm, dataset_json, device, seed)
-    predictor.set_pre_segmenter(pre)
+    predictor.configure(pre_segmentation=pre)
     cases = []
     for i in range(num_cases):
         image, label = synthetic_case(preset, seed + i)
         cases.append(Case(f"synthetic_{i:03d}", image, {}, label))
     return Setup(f"synthetic-{preset}", predictor, pre, pre.predictor.network, cases,
                  lambda probs, case: probs.argmax(0).numpy())
-
-
-def _case_files(folder: str, ending: str) -> dict[str, list[str]]:
-    files = sorted(f for f in os.listdir(folder) if f.endswith(ending))
-    cases: dict[str, list[str]] = {}
-    for f in files:
-        cases.setdefault(f[: -(len(ending) + 5)], []).append(join(folder, f))
-    return cases
 
 
 def dataset_setups(dataset: str, configurations: list[str], trainer: str, pre_trainer: str, plans: str,
@@ -88,8 +79,9 @@ def dataset_setups(dataset: str, configurations: list[str], trainer: str, pre_tr
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
+    from nnunet_pdddpm.discovery import ensure_trainer_discovery
+    from nnunet_pdddpm.inference.input_checks import input_cases
     from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter
-    from nnunet_pdddpm.trainers.discovery import ensure_trainer_discovery
 
     ensure_trainer_discovery()
     name = maybe_convert_to_dataset_name(dataset)
@@ -98,13 +90,13 @@ def dataset_setups(dataset: str, configurations: list[str], trainer: str, pre_tr
         predictor = PDDDPMPredictor(device=device, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(get_output_folder(name, trainer, plans, c), folds, checkpoint)
         pre = ModelPreSegmenter(get_output_folder(name, pre_trainer, plans, c), folds, checkpoint, device)
-        predictor.set_pre_segmenter(pre)
+        predictor.configure(pre_segmentation=pre)
         pm, cm, dj = predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json
         ending = dj["file_ending"]
         preprocessor = cm.preprocessor_class(verbose=False)
         reader = pm.image_reader_writer_class()
         cases = []
-        for key, files in _case_files(images, ending).items():
+        for key, files in input_cases(images, dj).items():
             ref = join(labels, key + ending)
             if not isfile(ref):
                 continue

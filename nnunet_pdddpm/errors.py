@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from typing import Callable, TypeVar
 
@@ -20,6 +21,7 @@ def cli_entry(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        show_progress_messages()
         with ending_child_processes():
             try:
                 return func(*args, **kwargs)
@@ -48,3 +50,32 @@ def install_excepthook() -> None:
 
     hook._pdddpm = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (tests and wrappers replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def show_progress_messages() -> None:
+    """Print the package's INFO log records (progress of cases and experiments) as plain lines on stdout.
+
+    Library modules log; only the console scripts decide that their user sees it.
+    """
+    logger = logging.getLogger("nnunet_pdddpm")
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

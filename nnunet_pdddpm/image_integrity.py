@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["IncompleteImageError", "VoxelScan", "scan_voxels"]
+from nnunet_pdddpm.errors import PDDDPMUserError
+
+__all__ = ["IncompleteImageError", "VoxelScan", "read_image_header", "scan_voxels"]
 
 _CHUNK_BYTES = 1 << 24
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -125,3 +128,18 @@ def _scan_with_simpleitk(path: str) -> VoxelScan:
     if np.issubdtype(array.dtype, np.inexact):
         n_non_finite = int(array.size - np.count_nonzero(np.isfinite(array)))
     return VoxelScan(int(array.size), n_non_finite, bool(array.any()))
+
+
+def read_image_header(path: str | os.PathLike) -> sitk.ImageFileReader:
+    """A reader holding ``path``'s header (size, spacing, origin, direction, dimension), voxels not read.
+
+    An unreadable file is a user error naming the file and SimpleITK's last line (the reason, without its
+    C++ trace); the evaluation and the dataset converter (``datasets/wmh2017.py``) check their inputs with it.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise PDDDPMUserError(f"Cannot read {path} as an image: {str(e).strip().splitlines()[-1]}") from None
+    return reader

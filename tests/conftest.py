@@ -22,7 +22,7 @@ DATASET = "Dataset991_Tiny"
 
 def nnunet_env(root: Path) -> dict:
     """Environment for nnU-Net subprocesses rooted at ``root`` (2 cores: one worker each)."""
-    from nnunet_pdddpm.trainers.discovery import ENV_VAR, extended_value
+    from nnunet_pdddpm.discovery import ENV_VAR, extended_value
 
     env = dict(os.environ)
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),

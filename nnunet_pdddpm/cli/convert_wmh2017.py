@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from nnunet_pdddpm.cli.spellings import parse_args
 from nnunet_pdddpm.errors import cli_entry
 
 
@@ -30,11 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Dataset name (default: WMH2017); the folder is Dataset<ID>_<NAME>.")
     parser.add_argument(
         "--overwrite", action="store_true",
-        help="Replace an existing Dataset<ID>_<NAME> in $nnUNet_raw (and, with --paper_split, an existing "
+        help="Replace an existing Dataset<ID>_<NAME> in $nnUNet_raw (and, with -paper_split, an existing "
         "split). Without it an existing dataset is an error. A different name with the same id is always refused.",
     )
     parser.add_argument(
-        "--paper_split", type=int, default=None, metavar="SEED",
+        "-paper_split", type=int, default=None, metavar="SEED",
         help="Also write the paper's split of the training cases (5 random folds: 3 train, 1 validation, 1 test; "
         "permutation by numpy.random.default_rng(SEED)) into $nnUNet_preprocessed/Dataset<ID>_<NAME>/: "
         "splits_final.json with one entry {train, val} (nnU-Net's fold 0) and paper_test_cases.json "
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     # Imported here so that --help and argument errors answer without loading SimpleITK and nnU-Net.
     from nnunet_pdddpm.datasets import (
         check_split_target,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from nnunet_pdddpm.cli.spellings import parse_args
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
 
 
@@ -23,10 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Work folder holding nnUNet_raw, nnUNet_preprocessed, nnUNet_results, predictions/, "
                              "evaluation/, logs/ and report/ (default: ./pdddpm_demo). The demo sets nnU-Net's "
                              "environment variables for its own commands; yours are not used.")
-    parser.add_argument("--profile", choices=("cpu", "gpu", "tiny"), default=None,
-                        help="cpu: about 10 minutes on two CPU cores (reduced data, short training, DDIM with few "
-                             "steps). gpu: close to the paper (full-size data, longer training, T'=300, ensemble "
-                             "5, DDPM); hours. tiny: for tests only. Default: gpu if a CUDA GPU is available, "
+    parser.add_argument("-profile", choices=("cpu", "gpu", "tiny"), default=None,
+                        help="cpu: about a quarter of an hour on two CPU cores (reduced data, short training, DDIM "
+                             "with few steps). gpu: close to the paper (full-size data, longer training, T'=300, "
+                             "ensemble 5, DDPM); hours. tiny: for tests only. Default: gpu if a CUDA GPU is available, "
                              "else cpu.")
     parser.add_argument("-c", choices=("2d", "3d_fullres"), default="2d",
                         help="nnU-Net configuration of both models (default: 2d, as the paper). 3d_fullres trains "
@@ -36,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-np", "--num_processes", type=int, default=None,
                         help="Worker processes for nnU-Net's preprocessing, data augmentation and export "
                              "(default: half the CPU cores, 1 to 8).")
-    parser.add_argument("--figures", type=int, default=3, help="Test cases to draw (default: 3).")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("-figures", type=int, default=3, help="Test cases to draw (default: 3).")
+    parser.add_argument("-seed", type=int, default=0,
                         help="Seed of both trainings and of the sampling (default: 0); a work folder keeps the models "
                              "of the seed it was made with.")
     return parser
@@ -45,24 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     import torch
 
     profile = args.profile or ("gpu" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PDDDPMUserError("-device cuda was requested but no CUDA GPU is available; pass -device cpu.")
     if profile == "gpu" and args.device is None and not torch.cuda.is_available():
-        raise PDDDPMUserError("The gpu profile needs a CUDA GPU; use --profile cpu (or pass -device cpu to run it "
+        raise PDDDPMUserError("The gpu profile needs a CUDA GPU; use -profile cpu (or pass -device cpu to run it "
                               "slowly on the CPU).")
     num_processes = args.num_processes or max(1, min(8, (os.cpu_count() or 2) // 2))
     if num_processes < 1:
         raise PDDDPMUserError(f"-np must be at least 1, got {num_processes}.")
     if args.figures < 0:
-        raise PDDDPMUserError(f"--figures must be at least 0, got {args.figures}.")
+        raise PDDDPMUserError(f"-figures must be at least 0, got {args.figures}.")
     from nnunet_pdddpm.demo.pipeline import run_demo
 
     if not 0 <= args.seed < 2 ** 31:
-        raise PDDDPMUserError(f"--seed must lie in [0, 2**31), got {args.seed}.")
+        raise PDDDPMUserError(f"-seed must lie in [0, 2**31), got {args.seed}.")
     from dataclasses import replace
 
     from nnunet_pdddpm.demo.run_profiles import RUN_PROFILES

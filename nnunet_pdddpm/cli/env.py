@@ -5,7 +5,7 @@ import argparse
 import os
 import shlex
 
-from nnunet_pdddpm.trainers.discovery import ENV_VAR, extended_value
+from nnunet_pdddpm.discovery import ENV_VAR, extended_value
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_pdddpm.cli.checks import check_output_file
+from nnunet_pdddpm.cli.spellings import parse_args
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
 from nnunet_pdddpm.evaluation import evaluate_folders
 from nnunet_pdddpm.io_utils import atomic_path, write_json_atomic
@@ -35,18 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-l", "--labels", type=int, nargs="+", default=None,
                         help="Foreground labels to evaluate, each as a binary mask (default: every nonzero label "
                         "found). Any other value in a file is an error.")
-    parser.add_argument("--exclude_label", type=int, default=None,
+    parser.add_argument("-exclude_label", type=int, default=None,
                         help="WMH rule: reference voxels with this label ('other pathology', 2 in the challenge) "
                         "are not evaluated and the prediction is set to background there.")
     parser.add_argument("-exclude", default=None,
                         help="Optional folder of masks CASE<file_ending> on the reference's grid (nonzero = excluded; "
-                        "e.g. otherPathologyTs of nnunet_pdddpm_convert_wmh2017): the WMH rule of --exclude_label "
+                        "e.g. otherPathologyTs of nnunet_pdddpm_convert_wmh2017): the WMH rule of -exclude_label "
                         "for references whose label 2 is kept in a separate file. Reference and prediction are set "
                         "to background there before every metric.")
-    parser.add_argument("--ignore_label", type=int, default=None,
+    parser.add_argument("-ignore_label", type=int, default=None,
                         help="nnU-Net's ignore label from dataset.json: voxels with it in the reference are not "
                         "evaluated.")
-    parser.add_argument("--file_ending", default=".nii.gz", help="File ending of the images (default: .nii.gz).")
+    parser.add_argument("-file_ending", default=".nii.gz", help="File ending of the images (default: .nii.gz).")
     parser.add_argument("--allow_missing", action="store_true",
                         help="Skip cases whose prediction (or uncertainty/probability file) is missing and list them "
                         "under 'missing_cases' instead of stopping with an error.")
@@ -107,7 +108,7 @@ def format_means(summary: dict[str, Any]) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     json_path, csv_path = _validate(args)
     summary = evaluate_folders(
         args.ref, args.pred, unc_dir=args.unc, prob_dir=args.prob, labels=args.labels,

@@ -9,13 +9,12 @@ import argparse
 import os
 from pathlib import Path
 
-from nnunet_pdddpm.cli import TRUST_HELP
+from nnunet_pdddpm.cli import options
 from nnunet_pdddpm.cli.checks import (
     check_inputs_against_model,
     check_output_folder,
     check_steps_within_t_prime,
     dataset_name,
-    require_nnunet_results,
 )
 from nnunet_pdddpm.diffusion import SAMPLERS
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
@@ -23,46 +22,27 @@ from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
 HELP = {
     "table1": "Pre-segmenter alone vs vanilla DDPM vs PD-DDPM: Dice, HD95, Jaccard, lesion F1, NFE and seconds "
               "per case (the paper's Table 1).",
-    "tprime": "PD-DDPM Dice and mean uncertainty for each T' in --values (the paper's Fig. 3).",
-    "ensemble": "Dice mean and standard deviation over --repeats seeds for each ensemble size in --values "
+    "tprime": "PD-DDPM Dice and mean uncertainty for each T' in -values (the paper's Fig. 3).",
+    "ensemble": "Dice mean and standard deviation over -repeats seeds for each ensemble size in -values "
                 "(the paper's Fig. 4); samples are reused between sizes.",
-    "preseg_quality": "PD-DDPM from an all-background, degraded (--degradations) or other-checkpoint "
-                      "(--preseg_checkpoints) pre-segmentation, next to each pre-segmentation's own metrics "
+    "preseg_quality": "PD-DDPM from an all-background, degraded (-degradations) or other-checkpoint "
+                      "(-preseg_checkpoints) pre-segmentation, next to each pre-segmentation's own metrics "
                       "(the paper's Table 2).",
 }
 
 
 def _common_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("models and data")
-    g.add_argument("-d", required=True, help="Dataset name or ID.")
-    g.add_argument("-c", required=True, help="Configuration of the denoiser, e.g. 2d.")
-    g.add_argument("-tr", default="PDDDPMTrainer", help="Trainer of the denoiser. Default: PDDDPMTrainer.")
-    g.add_argument("-preseg_tr", default="PDDDPMAttUNetTrainer",
-                   help="Trainer of the pre-segmenter (any nnU-Net model). Default: PDDDPMAttUNetTrainer.")
-    g.add_argument("-p", default="nnUNetPlans", help="Plans identifier of both models. Default: nnUNetPlans.")
-    g.add_argument("-preseg_c", default=None, help="Configuration of the pre-segmenter. Default: -c.")
-    g.add_argument("-f", nargs="+", default=None, help="Folds of both models. Default: every trained fold.")
-    g.add_argument("-chk", default="checkpoint_final.pth", help="Denoiser checkpoint. Default: checkpoint_final.pth.")
-    g.add_argument("-preseg_chk", default="checkpoint_final.pth",
-                   help="Pre-segmenter checkpoint. Default: checkpoint_final.pth.")
+    g = p.add_argument_group("models and data (as nnunet_pdddpm_predict)")
+    options.add_denoiser_options(g, "Configuration of the denoiser, e.g. 2d.")
+    options.add_pre_segmenter_options(g)
     g.add_argument("-i", required=True, help="Folder of test images (CASE_0000.nii.gz, ...).")
     g.add_argument("-ref", required=True, help="Folder of the test cases' reference labels (CASE.nii.gz).")
     g.add_argument("-o", required=True, help="Output folder: <experiment>.csv/.json/.png, predictions/, evaluation/.")
-    g.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="Device. Default: cuda.")
-    g.add_argument("-step_size", type=float, default=0.5, help="Sliding-window step (fraction of the patch).")
-    g.add_argument("--disable_tta", action="store_true", help="No test-time mirroring for the pre-segmenter.")
-    g.add_argument("--trust_checkpoints", action="store_true", help=TRUST_HELP)
+    options.add_device_options(g)
     s = p.add_argument_group("sampling (defaults: the denoiser trainer's settings)")
-    s.add_argument("--t_prime", type=int, default=None, help="T' (table1, ensemble, preseg_quality).")
-    s.add_argument("--ensemble", type=int, default=None,
-                   help="Samples per case, dealt out over the folds (table1, tprime, preseg_quality).")
-    s.add_argument("--ensemble_per_fold", action="store_true",
-                   help="--ensemble samples from every fold instead (folds x --ensemble in all).")
-    s.add_argument("--sampler", choices=SAMPLERS, default=None, help="ddpm (paper), ddim or dpm++ (with --steps).")
-    s.add_argument("--steps", type=int, default=None, help="Network evaluations per reverse process.")
-    s.add_argument("--seed", type=int, default=0, help="Seed of the samples (and of noise degradations).")
-    s.add_argument("--max_batch_size", type=int, default=None, help="Samples per denoiser call.")
+    options.add_sampling_options(s)
+    options.add_performance_options(p.add_argument_group("performance (never changes the samples)"))
     return p
 
 
@@ -78,55 +58,48 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in HELP.items():
         p = sub.add_parser(name, parents=[common], help=text, description=text)
         if name == "table1":
-            p.add_argument("--vanilla_sampler", choices=SAMPLERS, default=None,
-                           help="Sampler of vanilla DDPM (default: --sampler).")
-            p.add_argument("--vanilla_steps", type=int, default=None,
-                           help="Steps of vanilla DDPM from T (default: --steps; paper: all 1000).")
+            p.add_argument("-vanilla_sampler", choices=SAMPLERS, default=None,
+                           help="Sampler of vanilla DDPM (default: -sampler).")
+            p.add_argument("-vanilla_steps", type=int, default=None,
+                           help="Steps of vanilla DDPM from T (default: -steps; paper: all 1000).")
         if name == "tprime":
-            p.add_argument("--values", type=int, nargs="+", default=None,
+            p.add_argument("-values", type=int, nargs="+", default=None,
                            help="T' values. Default: 50 100 200 300 400 500 600 700 800 1000 (0 = pre-segmentation).")
         if name == "ensemble":
-            p.add_argument("--values", type=int, nargs="+", default=None, help="Ensemble sizes. Default: 1 .. 10.")
-            p.add_argument("--repeats", type=int, default=3, help="Repeats with other seeds. Default: 3.")
+            p.add_argument("-values", type=int, nargs="+", default=None, help="Ensemble sizes. Default: 1 .. 10.")
+            p.add_argument("-repeats", type=int, default=3, help="Repeats with other seeds. Default: 3.")
         if name == "preseg_quality":
-            p.add_argument("--degradations", nargs="*", default=None,
+            p.add_argument("-degradations", nargs="*", default=None,
                            help="Degraded pre-segmentations: zero, erode:N, dilate:N (in-plane voxels), noise:STD "
                                 "(Gaussian noise on the probabilities). Default: zero erode:1 dilate:1 dilate:2 "
                                 "noise:0.2 noise:0.4.")
-            p.add_argument("--preseg_checkpoints", nargs="*", default=(),
+            p.add_argument("-preseg_checkpoints", nargs="*", default=(),
                            help="Other checkpoints of the pre-segmenter to compare, e.g. checkpoint_best.pth.")
     return parser
 
 
 def validate_args(args: argparse.Namespace) -> None:
-    for flag in ("t_prime", "ensemble", "steps", "max_batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value < (0 if flag == "t_prime" else 1):
-            raise PDDDPMUserError(f"--{flag} must be at least {0 if flag == 't_prime' else 1}, got {value}.")
     values = getattr(args, "values", None)
     if values is not None:
         low = 0 if args.experiment == "tprime" else 1
         if not values or min(values) < low:
-            raise PDDDPMUserError(f"--values must be integers of at least {low}, got {values}.")
+            raise PDDDPMUserError(f"-values must be integers of at least {low}, got {values}.")
     if getattr(args, "repeats", 1) < 1:
-        raise PDDDPMUserError(f"--repeats must be at least 1, got {args.repeats}.")
+        raise PDDDPMUserError(f"-repeats must be at least 1, got {args.repeats}.")
     if getattr(args, "degradations", None):
         from nnunet_pdddpm.experiments.pre_segmentations import Degradation
 
         for spec in args.degradations:
             Degradation.parse(spec)
-    if not 0 < args.step_size <= 1:
-        raise PDDDPMUserError(f"-step_size must be in (0, 1], got {args.step_size}.")
     if Path(args.o).resolve() in (Path(args.i).resolve(), Path(args.ref).resolve()):
         raise PDDDPMUserError("-o must differ from -i and -ref.")
     check_output_folder("-o", args.o)
     if args.t_prime is not None and args.experiment != "tprime":
-        check_steps_within_t_prime(args.steps, args.t_prime, "--t_prime")
+        check_steps_within_t_prime(args.steps, args.t_prime, "-t_prime")
     if values is not None and args.experiment == "tprime" and max(values) > 0:
         smallest = min(v for v in values if v > 0)
-        check_steps_within_t_prime(args.steps, smallest, "the smallest nonzero T' in --values")
-    require_nnunet_results()
-    dataset_name(args.d)
+        check_steps_within_t_prime(args.steps, smallest, "the smallest nonzero T' in -values")
+    options.check_model_options(args)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -137,10 +110,10 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def check_settings_before_work(args: argparse.Namespace, runner) -> None:
     """Every sampling setting the experiment will run, checked against the loaded denoiser before anything is
-    written (T' values above T or above the denoiser's trained timesteps, --steps above T')."""
+    written (T' values above T or above the denoiser's trained timesteps, -steps above T')."""
     predictor = runner.predictor
     T = predictor.diffusion_config.num_train_timesteps
-    sampling = sampling_overrides(args)
+    sampling = options.sampling_overrides(args)
     if args.experiment == "tprime":
         from nnunet_pdddpm.experiments.tprime import DEFAULT_VALUES
 
@@ -149,14 +122,14 @@ def check_settings_before_work(args: argparse.Namespace, runner) -> None:
         if values[-1] > limit:
             why = (f"T={T}, the denoiser's number of diffusion steps" if limit == T else
                    f"this denoiser was trained on timesteps below {limit} (its timestep_range)")
-            given = "--values" if args.values else "the default --values"
+            given = "-values" if args.values else "the default -values"
             raise PDDDPMUserError(f"{given} {' '.join(str(v) for v in values if v > limit)} exceed the largest T' "
                                   f"of {limit} ({why}); give T' values from 0 to {limit}.")
         for value in values:
             runner.settings(**{**sampling, "t_prime": value})
         if values[-1] > 0:
             smallest = min(v for v in values if v > 0)
-            check_steps_within_t_prime(args.steps, smallest, "the smallest nonzero T' in --values")
+            check_steps_within_t_prime(args.steps, smallest, "the smallest nonzero T' in -values")
         return
     settings = runner.settings(**sampling)
     if args.t_prime is None:
@@ -164,54 +137,35 @@ def check_settings_before_work(args: argparse.Namespace, runner) -> None:
     if args.experiment == "table1":
         vanilla = {"sampler": args.vanilla_sampler, "steps": args.vanilla_steps}
         runner.settings(**{**sampling, **{k: v for k, v in vanilla.items() if v is not None}}, vanilla=True)
-        flag = "--steps" if args.vanilla_steps is None else "--vanilla_steps"
+        flag = "-steps" if args.vanilla_steps is None else "-vanilla_steps"
         check_steps_within_t_prime(args.vanilla_steps or args.steps, T, "T, for vanilla DDPM", flag)
 
 
 def make_runner(args: argparse.Namespace):
     """Resolve the model folders in nnUNet_results and load both models (imports here: --help stays fast)."""
-    import torch
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
-
     from nnunet_pdddpm.experiments.runner import ExperimentRunner, ModelSelection
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise PDDDPMUserError("-device cuda was requested but no CUDA GPU is available; pass -device cpu.")
-    try:
-        dataset = maybe_convert_to_dataset_name(args.d)
-    except RuntimeError:
-        raise PDDDPMUserError(f"Dataset {args.d} was not found in nnUNet_raw, nnUNet_preprocessed or nnUNet_results; "
-                              f"check -d and the nnU-Net environment variables.") from None
-    try:
-        folds = None if args.f is None else tuple(f if f == "all" else int(f) for f in args.f)
-    except ValueError:
-        raise PDDDPMUserError(f"Folds must be integers or 'all', got {' '.join(args.f)}.") from None
+    options.device(args.device)
+    denoiser_folder, pre_segmenter_folder = options.model_folders(args)
     models = ModelSelection(
-        denoiser_folder=get_output_folder(dataset, args.tr, args.p, args.c),
-        pre_segmenter_folder=get_output_folder(dataset, args.preseg_tr, args.p, args.preseg_c or args.c),
-        folds=folds, checkpoint=args.chk, pre_segmenter_checkpoint=args.preseg_chk, device=args.device,
-        use_mirroring=not args.disable_tta, tile_step_size=args.step_size, trust_checkpoints=args.trust_checkpoints)
+        denoiser_folder=denoiser_folder, pre_segmenter_folder=pre_segmenter_folder, folds=options.folds(args.f),
+        pre_segmenter_folds=options.folds(args.preseg_f), checkpoint=args.chk,
+        pre_segmenter_checkpoint=args.preseg_chk, device=args.device, use_mirroring=not args.disable_tta,
+        tile_step_size=args.step_size, trust_checkpoints=args.trust_checkpoints,
+        performance=options.performance_settings(args))
     return ExperimentRunner(models, args.i, args.ref, args.o)
-
-
-def sampling_overrides(args: argparse.Namespace) -> dict:
-    """CLI sampling flags as :class:`SamplingSettings` fields (None = the trainer's value)."""
-    return {"t_prime": args.t_prime, "ensemble_size": args.ensemble, "sampler": args.sampler, "steps": args.steps,
-            "seed": args.seed, "max_batch_size": args.max_batch_size,
-            "ensemble_per_fold": args.ensemble_per_fold or None}
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = options.parse_args(build_parser(), argv)
     validate_args(args)
     check_inputs(args)
     runner = make_runner(args)
     check_settings_before_work(args, runner)
     output = Path(args.o)
     os.makedirs(output, exist_ok=True)
-    sampling = sampling_overrides(args)
+    sampling = options.sampling_overrides(args)
     if args.experiment == "table1":
         from nnunet_pdddpm.experiments import table1
 

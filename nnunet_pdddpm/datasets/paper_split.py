@@ -46,7 +46,7 @@ def paper_split(identifiers: Sequence[str], seed: int) -> PaperSplit:
         raise PDDDPMUserError(f"The paper's split needs at least {NUM_FOLDS} training cases (one per fold); "
                               f"found {len(ids)}.")
     if seed < 0:
-        raise PDDDPMUserError(f"--paper_split takes a seed >= 0, got {seed}.")
+        raise PDDDPMUserError(f"-paper_split takes a seed >= 0, got {seed}.")
     order = np.random.default_rng(seed).permutation(len(ids))
     folds = [sorted(ids[i] for i in fold) for fold in np.array_split(order, NUM_FOLDS)]
     return PaperSplit(seed, sorted(folds[0] + folds[1] + folds[2]), folds[3], folds[4])

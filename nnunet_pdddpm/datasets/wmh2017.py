@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from nnunet_pdddpm.datasets.raw_folder import building_folder
 from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.image_integrity import read_image_header
 
 __all__ = [
     "CHANNEL_NAMES",
@@ -144,23 +145,14 @@ def _check_unique(cases: Sequence[WMHCase]) -> None:
         seen[case.identifier] = case
 
 
-def _header(path: Path) -> sitk.ImageFileReader:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise PDDDPMUserError(f"Cannot read {path} as an image: {str(e).strip().splitlines()[-1]}") from None
-    return reader
-
-
 def check_case_grid(case: WMHCase) -> None:
     """Raise unless FLAIR, T1 and wmh are 3D images of one size and spacing (read from the headers only).
 
     Size and spacing are what nnU-Net's ``--verify_dataset_integrity`` refuses too (same tolerance,
     ``np.allclose``); a different origin or direction is only logged, as nnU-Net only warns about it.
     """
-    headers = {"pre/FLAIR": _header(case.flair), "pre/T1": _header(case.t1), "wmh": _header(case.wmh)}
+    headers = {"pre/FLAIR": read_image_header(case.flair), "pre/T1": read_image_header(case.t1),
+               "wmh": read_image_header(case.wmh)}
     where = f"Case {case.identifier} ({case.source})"
     flat = [n for n, h in headers.items() if h.GetDimension() != 3 or h.GetNumberOfComponents() != 1]
     if flat:

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from nnunet_pdddpm.discovery import ENV_VAR, extended_value
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.interruption import end_process_group
-from nnunet_pdddpm.trainers.discovery import ENV_VAR, extended_value
 
 PROGRESS_INTERVAL_S = 10.0
 

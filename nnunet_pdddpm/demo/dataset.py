@@ -77,8 +77,11 @@ PROFILES: dict[str, DemoProfile] = {
     # the field of view clips the frontal and occipital poles a little. The slab holds about a third of the
     # white matter, hence the lower maximum load.
     "tiny": DemoProfile(6, 2, 2.9, 3.0, (145.0, 174.0, 36.0), (0.0, -17.0, 12.0), (0.5, 30.0), name="tiny"),
+    # the demo's cpu profile: a 60 mm slab at 2.5 mm in-plane, 58x70x20
+    "cpu": DemoProfile(16, 4, 2.5, 3.0, (145.0, 174.0, 60.0), (0.0, -17.0, 12.0), (0.5, 40.0), name="cpu"),
     "small": DemoProfile(20, 5, 2.0, name="small"),  # 90x108x60
-    "full": DemoProfile(40, 10, 1.0, name="full"),  # 180x216x60, like the MICCAI WMH FLAIR scans
+    # the demo's gpu profile: 180x216x60, like the MICCAI WMH FLAIR scans
+    "gpu": DemoProfile(40, 10, 1.0, name="gpu"),
 }
 
 

@@ -189,13 +189,14 @@ def _diffusion_runs(paths: DemoPaths, profile: DemoRunProfile, device: str, seed
     """Vanilla DDPM and PD-DDPM into ``predictions/``, resuming; returns the runner, both settings, and whether
     any case was sampled."""
     from nnunet_pdddpm.experiments.runner import ExperimentRunner, ModelSelection
+    from nnunet_pdddpm.inference.settings import PerformanceSettings
 
     models = ModelSelection(
         denoiser_folder=str(paths.model(profile.denoiser_trainer, profile.configuration)),
         pre_segmenter_folder=str(paths.model(profile.pre_segmenter_trainer, profile.configuration)),
-        folds=(profile.fold,), device=device)
+        folds=(profile.fold,), device=device, performance=PerformanceSettings(max_batch_size=profile.max_batch_size))
     runner = ExperimentRunner(models, paths.images, paths.labels, paths.workdir)
-    base = dataclasses.replace(runner.defaults, max_batch_size=profile.max_batch_size, seed=seed)
+    base = dataclasses.replace(runner.defaults, seed=seed)
     # t_prime None: the T' of the denoiser's validation sweep (runner.defaults), as nnunet_pdddpm_predict does
     pd_ddpm = {k: v for k, v in profile.pd_ddpm.items() if not (k == "t_prime" and v is None)}
     settings = {"vanilla DDPM": dataclasses.replace(base, **profile.vanilla, vanilla=True),
@@ -206,10 +207,10 @@ def _diffusion_runs(paths: DemoPaths, profile: DemoRunProfile, device: str, seed
     for method, s in settings.items():
         runner.predictor.check_settings(s)
         sampled = sampled or bool(runner.pending_cases(METHOD_FOLDERS[method], s))
-        flags = ["--ensemble", str(s.ensemble_size), "--sampler", s.sampler, "--seed", str(seed)]
-        flags += ["--steps", str(s.steps)] if s.steps else []
+        flags = ["-ensemble_size", str(s.ensemble_size), "-sampler", s.sampler, "-seed", str(seed)]
+        flags += ["-steps", str(s.steps)] if s.steps else []
         flags += ["--vanilla"] if s.vanilla else ["-preseg_tr", profile.pre_segmenter_trainer]
-        flags += ["--t_prime", str(s.t_prime)] if "t_prime" in pd_ddpm and not s.vanilla else []
+        flags += ["-t_prime", str(s.t_prime)] if "t_prime" in pd_ddpm and not s.vanilla else []
         print(f"  {method} ({describe(s, runner.predictor.diffusion_config.num_train_timesteps)}); the same as:\n"
               f"  $ {shlex.join(['nnunet_pdddpm_predict', *common, '-o', 'OUT', *flags])}", flush=True)
         pre = None if s.vanilla else runner.pre_segmentation()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nnunet_pdddpm.demo.dataset import DemoProfile
+from nnunet_pdddpm.demo.dataset import PROFILES, DemoProfile
 
-CPU_DATASET = DemoProfile(16, 4, 2.5, 3.0, (145.0, 174.0, 60.0), (0.0, -17.0, 12.0), (0.5, 40.0), name="cpu")
+CPU_DATASET = PROFILES["cpu"]
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,9 @@ RUN_PROFILES: dict[str, DemoRunProfile] = {
         vanilla={"ensemble_size": 3, "sampler": "ddim", "steps": 10},
         note="CPU profile: minutes of training, T' chosen by the denoiser's validation sweep, deterministic DDIM "
              "with 5 steps instead of the paper's ancestral DDPM (T'=300, ensemble 5). "
-             "Use --profile gpu on a GPU for the paper's settings."),
+             "Use -profile gpu on a GPU for the paper's settings."),
     "gpu": DemoRunProfile(
-        "gpu", "full", 987, "PDDDPMDemo", "PDDDPMAttUNetTrainer_demoGPU", "PDDDPMTrainer_demoGPU",
+        "gpu", "gpu", 987, "PDDDPMDemo", "PDDDPMAttUNetTrainer_demoGPU", "PDDDPMTrainer_demoGPU",
         pd_ddpm={"t_prime": 300, "ensemble_size": 5, "sampler": "ddpm", "steps": None},
         vanilla={"ensemble_size": 5, "sampler": "ddpm", "steps": None},
         device="cuda", max_batch_size=64,

@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 from diffusers import DDPMScheduler
 
+from nnunet_pdddpm.diffusion.schedule import x0_from_model_output
+
 
 def per_sample_noise(like: torch.Tensor, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
     """Standard normal noise shaped like ``like`` (B, ...), row b drawn from ``generators[b]``.
@@ -94,15 +96,8 @@ class DDPMStepCoefficients:
 
     def predict_x0(self, i: int, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The clipped x0 estimate of step i (diffusers' ``pred_original_sample``)."""
-        kind = self.prediction_type
-        if kind == "epsilon":
-            x0 = (sample - self.sqrt_beta_prod[i] * model_output) / self.sqrt_alpha_prod[i]
-        elif kind == "sample":
-            x0 = model_output
-        elif kind == "v_prediction":
-            x0 = self.sqrt_alpha_prod[i] * sample - self.sqrt_beta_prod[i] * model_output
-        else:
-            raise ValueError(f"unknown prediction_type {kind!r}")
+        x0 = x0_from_model_output(self.prediction_type, model_output, sample, self.sqrt_alpha_prod[i],
+                                  self.sqrt_beta_prod[i])
         return x0 if self.clip_range is None else x0.clamp(-self.clip_range, self.clip_range)
 
     def step(self, i: int, model_output: torch.Tensor, sample: torch.Tensor,

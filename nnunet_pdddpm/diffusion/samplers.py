@@ -6,9 +6,11 @@ order 1 and 2; order 1 is exactly deterministic DDIM (eta = 0). All samplers eva
 at ``steps`` timesteps spaced like diffusers' "trailing" spacing but starting at T' - 1, so the
 first evaluation happens where the forward diffusion stopped (see ``schedule.py``).
 
-:func:`reverse_process` steps ``ddpm`` with precomputed coefficients (``fast_ddpm.py``: no host
+Both entry points run one loop (network evaluation, step, progress) and differ only in the step they
+build: :func:`reverse_process` steps ``ddpm`` with precomputed coefficients (``fast_ddpm.py``: no host
 synchronisation per step, the same numbers as diffusers' ``step``); :func:`reverse_process_reference`
 calls diffusers' ``step`` for every sampler and is kept as the reference the fast path is tested against.
+The DPM-Solver samplers use diffusers' step on both paths.
 """
 from __future__ import annotations
 
@@ -68,11 +70,78 @@ def make_sampler_scheduler(config: DiffusionConfig, sampler: str):
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
 
 
+StepFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``step(i, model_output, x) -> x at the next timestep``: the update of the i-th sampling timestep."""
+
+StepFactory = Callable[[DiffusionConfig, str, list[int], torch.device, list[torch.Generator] | None], StepFn]
+"""``factory(config, sampler, timesteps, device, generators) -> step``: built once per reverse process."""
+
+
 def _checked_generators(generators: Sequence[torch.Generator] | None, x: torch.Tensor) -> list | None:
     gen = list(generators) if generators is not None else None
     if gen is not None and len(gen) != x.shape[0]:
         raise ValueError(f"need one generator per batch element ({x.shape[0]}), got {len(gen)}")
     return gen
+
+
+def _diffusers_step(config: DiffusionConfig, sampler: str, timesteps: list[int], device: torch.device,
+                    gen: list[torch.Generator] | None) -> StepFn:
+    """diffusers' ``scheduler.step`` (the reference of every sampler); stateful, so a fresh scheduler per process.
+
+    Only ``ddpm`` draws noise (ancestral); the DPM-Solver samplers are deterministic and take no generator.
+    """
+    scheduler = make_sampler_scheduler(config, sampler)
+    scheduler.set_timesteps(timesteps=timesteps, device=device)
+    noise_kwargs = {"generator": gen} if sampler == "ddpm" else {}
+
+    def step(i: int, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return scheduler.step(out, timesteps[i], x, **noise_kwargs).prev_sample
+
+    return step
+
+
+def _fast_step(config: DiffusionConfig, sampler: str, timesteps: list[int], device: torch.device,
+               gen: list[torch.Generator] | None) -> StepFn:
+    """``ddpm`` as precomputed tensor ops (``fast_ddpm.py``), the same numbers as diffusers' step without its host
+    syncs; the other samplers through diffusers (DPMSolverMultistepScheduler keeps its sigmas on the CPU and syncs
+    only once, at the first step index)."""
+    if sampler != "ddpm":
+        return _diffusers_step(config, sampler, timesteps, device, gen)
+    coeffs = DDPMStepCoefficients.from_scheduler(make_ddpm_scheduler(config), timesteps, device)
+
+    def step(i: int, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return coeffs.step(i, out, x, per_sample_noise(out, gen) if coeffs.adds_noise(i) else None)
+
+    return step
+
+
+def _reverse(
+    make_step: StepFactory,
+    model_fn: ModelFn,
+    x_start: torch.Tensor,
+    t_prime: int,
+    config: DiffusionConfig,
+    sampler: str,
+    steps: int | None,
+    generators: Sequence[torch.Generator] | None,
+    on_step: Callable[[], None] | None,
+) -> torch.Tensor:
+    """The loop both public functions share: evaluate the network, take ``make_step``'s step, report progress."""
+    timesteps = sampling_timesteps(t_prime, steps)
+    if not timesteps:
+        return x_start
+    gen = _checked_generators(generators, x_start)
+    step = make_step(config, sampler, timesteps, x_start.device, gen)
+    # one device tensor of all timesteps: model_fn gets views of it, no host-to-device copy per step
+    all_t = torch.tensor(timesteps, dtype=torch.long, device=x_start.device)
+    batch = x_start.shape[0]
+    x = x_start
+    for i in range(len(timesteps)):
+        out = model_fn(x, all_t[i].expand(batch)).to(x.dtype)
+        x = step(i, out, x)
+        if on_step is not None:
+            on_step()
+    return x
 
 
 def reverse_process(
@@ -93,31 +162,7 @@ def reverse_process(
     network evaluation (progress bars). The timesteps passed to ``model_fn`` are views of one device
     tensor (no host-to-device copy per step). Same result as :func:`reverse_process_reference`.
     """
-    timesteps = sampling_timesteps(t_prime, steps)
-    if not timesteps:
-        return x_start
-    gen = _checked_generators(generators, x_start)
-    all_t = torch.tensor(timesteps, dtype=torch.long, device=x_start.device)
-    batch = x_start.shape[0]
-    if sampler == "ddpm":
-        coeffs = DDPMStepCoefficients.from_scheduler(make_ddpm_scheduler(config), timesteps, x_start.device)
-
-        def step(i: int, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return coeffs.step(i, out, x, per_sample_noise(out, gen) if coeffs.adds_noise(i) else None)
-    else:
-        # DPMSolverMultistepScheduler keeps its sigmas on the CPU and syncs only once (first step index)
-        scheduler = make_sampler_scheduler(config, sampler)
-        scheduler.set_timesteps(timesteps=timesteps, device=x_start.device)
-
-        def step(i: int, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return scheduler.step(out, timesteps[i], x).prev_sample
-    x = x_start
-    for i in range(len(timesteps)):
-        out = model_fn(x, all_t[i].expand(batch)).to(x.dtype)
-        x = step(i, out, x)
-        if on_step is not None:
-            on_step()
-    return x
+    return _reverse(_fast_step, model_fn, x_start, t_prime, config, sampler, steps, generators, on_step)
 
 
 def reverse_process_reference(
@@ -134,20 +179,4 @@ def reverse_process_reference(
 
     Slow on a GPU (DDPMScheduler.step synchronises with the host every step); kept as the reference.
     """
-    timesteps = sampling_timesteps(t_prime, steps)
-    if not timesteps:
-        return x_start
-    scheduler = make_sampler_scheduler(config, sampler)
-    scheduler.set_timesteps(timesteps=timesteps, device=x_start.device)
-    gen = _checked_generators(generators, x_start)
-    x = x_start
-    for t in timesteps:
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        out = model_fn(x, t_batch).to(x.dtype)
-        if sampler == "ddpm":
-            x = scheduler.step(out, t, x, generator=gen).prev_sample
-        else:
-            x = scheduler.step(out, t, x).prev_sample
-        if on_step is not None:
-            on_step()
-    return x
+    return _reverse(_diffusers_step, model_fn, x_start, t_prime, config, sampler, steps, generators, on_step)

@@ -67,14 +67,27 @@ def model_output(config: DiffusionConfig, network_output: torch.Tensor) -> torch
     return network_output
 
 
+def x0_from_model_output(prediction_type: str, model_output: torch.Tensor, x_t: torch.Tensor,
+                         sqrt_alpha_prod: torch.Tensor, sqrt_beta_prod: torch.Tensor) -> torch.Tensor:
+    """The clean-mask estimate implied by ``model_output`` at ``x_t`` (closed form, no clipping).
+
+    ``sqrt_alpha_prod`` = sqrt(alpha_bar_t) and ``sqrt_beta_prod`` = sqrt(1 - alpha_bar_t), broadcastable against
+    ``x_t``. The caller computes them, in the precision and order it needs: :func:`predict_x0` in ``x_t``'s dtype,
+    the sampler's tensor step (``fast_ddpm.py``) in float32 as diffusers does, which keeps it bit-identical to
+    ``DDPMScheduler.step``. The expressions are diffusers' (``pred_original_sample``), in its order of operations.
+    """
+    if prediction_type == "epsilon":
+        return (x_t - sqrt_beta_prod * model_output) / sqrt_alpha_prod
+    if prediction_type == "sample":
+        return model_output
+    if prediction_type == "v_prediction":
+        return sqrt_alpha_prod * x_t - sqrt_beta_prod * model_output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
 def predict_x0(
     scheduler: DDPMScheduler, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
-    """The clean-mask estimate implied by the network output at ``x_t`` (closed form, no clipping)."""
-    kind = scheduler.config.prediction_type
+    """The clean-mask estimate implied by the network output at ``x_t`` at per-element timestep indices (B,)."""
     ab = alpha_bar(scheduler, timesteps, x_t)
-    if kind == "epsilon":
-        return (x_t - (1 - ab).sqrt() * model_output) / ab.sqrt()
-    if kind == "sample":
-        return model_output
-    return ab.sqrt() * x_t - (1 - ab).sqrt() * model_output
+    return x0_from_model_output(scheduler.config.prediction_type, model_output, x_t, ab.sqrt(), (1 - ab).sqrt())

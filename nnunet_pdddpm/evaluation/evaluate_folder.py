@@ -35,13 +35,13 @@ from nnunet_pdddpm.evaluation.case_metrics import (
     evaluate_case,
 )
 from nnunet_pdddpm.evaluation.surface import Geometry
-from nnunet_pdddpm.image_integrity import IncompleteImageError, scan_voxels
+from nnunet_pdddpm.image_integrity import IncompleteImageError, read_image_header, scan_voxels
+from nnunet_pdddpm.output_names import UNCERTAINTY_SUFFIX
 
 __all__ = ["evaluate_folders", "UNCERTAINTY_SUFFIX"]
 
 logger = logging.getLogger(__name__)
 
-UNCERTAINTY_SUFFIX = "_uncertainty"
 # NIfTI stores geometry as float32; larger differences mean a different grid, not rounding.
 SPACING_ORIGIN_ATOL_MM = 1e-3
 DIRECTION_ATOL = 1e-4
@@ -69,7 +69,7 @@ def _pair_cases(
     cases = sorted(f.name[: -len(file_ending)] for f in ref_dir.iterdir()
                    if f.name.endswith(file_ending) and not f.name.startswith("."))
     if not cases:
-        raise PDDDPMUserError(f"The reference folder {ref_dir} has no '*{file_ending}' file; check --file_ending.")
+        raise PDDDPMUserError(f"The reference folder {ref_dir} has no '*{file_ending}' file; check -file_ending.")
     complete, missing = [], {}
     for case in cases:
         files = _CaseFiles(
@@ -91,16 +91,6 @@ def _pair_cases(
     if n_orphans > 0:
         logger.info("%d file(s) in %s have no reference and are not evaluated", n_orphans, pred_dir)
     return complete, missing
-
-
-def _read_header(path: Path) -> sitk.ImageFileReader:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise PDDDPMUserError(f"Cannot read {path} as an image: {str(e).strip().splitlines()[-1]}") from e
-    return reader
 
 
 def _check_same_grid(case: str, role: str, reference: sitk.ImageFileReader, other: sitk.ImageFileReader) -> None:
@@ -244,12 +234,12 @@ def evaluate_folders(
         raise PDDDPMUserError(f"{len(missing)} case(s) lack files: {listed}; pass --allow_missing to skip them.")
     geometries: dict[str, Geometry] = {}
     for files in cases:
-        reference = _read_header(files.reference)
-        _check_same_grid(files.case, "prediction", reference, _read_header(files.prediction))
+        reference = read_image_header(files.reference)
+        _check_same_grid(files.case, "prediction", reference, read_image_header(files.prediction))
         if files.uncertainty is not None:
-            _check_same_grid(files.case, "uncertainty map", reference, _read_header(files.uncertainty))
+            _check_same_grid(files.case, "uncertainty map", reference, read_image_header(files.uncertainty))
         if files.exclusion is not None:
-            _check_same_grid(files.case, "exclusion mask", reference, _read_header(files.exclusion))
+            _check_same_grid(files.case, "exclusion mask", reference, read_image_header(files.exclusion))
         geometries[files.case] = Geometry(reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
     for files in cases:  # one pass over every file's stored voxels before any metric is computed
         for role, path in (("reference", files.reference), ("prediction", files.prediction),

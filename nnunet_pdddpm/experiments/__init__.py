@@ -6,6 +6,3 @@ worse pre-segmentations). Each module has a ``run(runner, output, ...)`` that wr
 ``<name>.csv``, ``<name>.json`` and ``<name>.png`` into ``output``; :mod:`.runner` holds what
 they share. Command line: ``nnunet_pdddpm_experiment``.
 """
-EXPERIMENTS = ("table1", "tprime", "ensemble", "preseg_quality")
-
-__all__ = ["EXPERIMENTS"]

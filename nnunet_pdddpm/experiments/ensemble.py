@@ -7,6 +7,7 @@ sub-ensembles of one repeat are therefore nested, as when an ensemble is grown o
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +16,8 @@ import numpy as np
 
 from nnunet_pdddpm.experiments.report import format_table, new_figure, save_figure, write_rows
 from nnunet_pdddpm.experiments.runner import ExperimentRunner
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_VALUES = tuple(range(1, 11))
 COLUMNS = ("ensemble_size", "dice_mean", "dice_std", "dice_min", "dice_max", "jaccard_mean", "hd95_mean",
@@ -49,12 +52,13 @@ def run(runner: ExperimentRunner, output: Path, sampling: dict, values: Sequence
                 for case in runner.cases:
                     runner.export(name, case, sums[case] / (m + 1), None, nfe[case], seconds[case])
                 runs[m + 1].append(runner.evaluate(name))
-                print(f"ensemble {m + 1}, repeat {r}: Dice {runs[m + 1][-1].metrics.get('dice', float('nan')):.4f}")
+                dice = runs[m + 1][-1].metrics.get("dice", float("nan"))
+                logger.info(f"ensemble {m + 1}, repeat {r}: Dice {dice:.4f}")
     rows = [_row(n, runs[n]) for n in sizes]
     write_rows(rows, COLUMNS, output / "ensemble.csv", output / "ensemble.json",
                {"experiment": "ensemble", "repeats": repeats, "settings": base.to_dict()})
     plot(rows, output / "ensemble.png")
-    print(format_table(rows, COLUMNS[:-1]))
+    logger.info(format_table(rows, COLUMNS[:-1]))
     return rows
 
 

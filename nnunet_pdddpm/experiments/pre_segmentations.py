@@ -1,6 +1,6 @@
 """Pre-segmentations for experiments: computed once per case and shared, or deliberately degraded.
 
-Both classes follow the protocol ``PDDDPMPredictor`` expects of a pre-segmenter
+Both classes are a :class:`~nnunet_pdddpm.inference.pre_segmentation.PreSegmentation`
 (``probabilities(data, properties, case_key)`` and ``check_case(case_key)``) and return
 probabilities (K, *preprocessed shape), channel 0 = background, summing to one over K.
 
@@ -122,9 +122,6 @@ class DegradedPreSegmentation:
     @property
     def nfe(self) -> dict[str, int]:
         return self.base.nfe
-
-    def describe(self) -> str:
-        return f"{self.base.describe()}, degraded: {self.degradation.name}"
 
     def check_case(self, case_key: str | None) -> None:
         self.base.check_case(case_key)

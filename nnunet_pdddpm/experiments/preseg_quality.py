@@ -7,6 +7,7 @@ pre-segmentation's own metrics next to PD-DDPM's, with the same denoiser and sam
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +15,8 @@ from nnunet_pdddpm.experiments.common import METRIC_COLUMNS, metrics_row, slug
 from nnunet_pdddpm.experiments.pre_segmentations import Degradation, DegradedPreSegmentation
 from nnunet_pdddpm.experiments.report import format_table, new_figure, save_figure, write_rows
 from nnunet_pdddpm.experiments.runner import ExperimentRunner
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DEGRADATIONS = ("zero", "erode:1", "dilate:1", "dilate:2", "noise:0.2", "noise:0.4")
 COLUMNS = ("pre_segmentation", *(f"pre_segmentation_{m}" for m in METRIC_COLUMNS), *METRIC_COLUMNS,
@@ -38,7 +41,7 @@ def run(runner: ExperimentRunner, output: Path, sampling: dict,
     write_rows(rows, COLUMNS, output / "preseg_quality.csv", output / "preseg_quality.json",
                {"experiment": "preseg_quality", "settings": settings.to_dict()})
     plot(rows, output / "preseg_quality.png")
-    print(format_table(rows, ("pre_segmentation", "pre_segmentation_dice", *METRIC_COLUMNS)))
+    logger.info(format_table(rows, ("pre_segmentation", "pre_segmentation_dice", *METRIC_COLUMNS)))
     return rows
 
 

@@ -13,27 +13,30 @@ segmentations, which also lets ``resume=True`` skip finished cases.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nnunet_pdddpm.discovery import ensure_trainer_discovery
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.evaluation import evaluate_folders
 from nnunet_pdddpm.inference.ensemble_sampling import CaseResult
-from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case
+from nnunet_pdddpm.inference.export import export_case
 from nnunet_pdddpm.inference.input_checks import check_input_folder
 from nnunet_pdddpm.inference.pre_segmentation import CachedPreSegmentation, ModelPreSegmenter
-from nnunet_pdddpm.inference.predictor import UNCERTAINTY_FOLDER, PDDDPMPredictor
-from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.inference.predictor import PDDDPMPredictor
+from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
 from nnunet_pdddpm.io_utils import write_json_atomic
-from nnunet_pdddpm.trainers.discovery import ensure_trainer_discovery
+from nnunet_pdddpm.output_names import UNCERTAINTY_FOLDER, UNCERTAINTY_SUFFIX
 
 CASES_FILE = "pdddpm_cases.json"
+logger = logging.getLogger(__name__)
 #: metrics of a setting, as means over cases and foreground labels
 METRICS = ("dice", "hd95", "jaccard", "lesion_f1", "lesion_recall", "lesion_precision", "avd", "mean_uncertainty",
            "uncertainty_auroc")
@@ -56,6 +59,8 @@ class ModelSelection:
     use_mirroring: bool = True
     tile_step_size: float = 0.5
     trust_checkpoints: bool = False
+    pre_segmenter_folds: tuple | None = None  # None: the same as ``folds``
+    performance: PerformanceSettings = PerformanceSettings()
 
 
 @dataclass
@@ -82,7 +87,8 @@ class ExperimentRunner:
         self.output = Path(output)
         self.verbose = verbose
         self.predictor = PDDDPMPredictor(tile_step_size=models.tile_step_size, use_mirroring=models.use_mirroring,
-                                         device=torch.device(models.device), allow_tqdm=verbose)
+                                         device=torch.device(models.device), allow_tqdm=verbose,
+                                         performance=models.performance)
         self.predictor.initialize_from_trained_model_folder(models.denoiser_folder, models.folds, models.checkpoint)
         self.defaults: SamplingSettings = self.predictor.sampling
         self.file_ending = self.predictor.dataset_json["file_ending"]
@@ -94,11 +100,9 @@ class ExperimentRunner:
     def _list_cases(self, images: Path) -> dict[str, list[str]]:
         """The test cases' channel files, checked like ``nnunet_pdddpm_predict``'s inputs."""
         p = self.predictor
-        lists = check_input_folder(str(images), p.dataset_json, len(p.configuration_manager.patch_size))
-        if not lists:
+        cases = check_input_folder(str(images), p.dataset_json, len(p.configuration_manager.patch_size))
+        if not cases:
             raise PDDDPMUserError(f"-i {images} holds no CASE_0000{self.file_ending} images.")
-        cut = len(self.file_ending) + 5
-        cases = {os.path.basename(files[0])[:-cut]: files for files in lists}
         missing = [c for c in cases if not (self.reference / f"{c}{self.file_ending}").is_file()]
         if missing:
             raise PDDDPMUserError(f"-ref {self.reference} has no reference for {', '.join(missing[:5])}; give the "
@@ -120,8 +124,9 @@ class ExperimentRunner:
         return self._preprocessed[case]
 
     def settings(self, **changes) -> SamplingSettings:
-        """The denoiser trainer's sampling settings with ``changes`` applied (None values are ignored)."""
-        settings = replace(self.defaults, **{k: v for k, v in changes.items() if v is not None})
+        """The denoiser trainer's sampling settings with ``changes`` applied (``SamplingSettings.with_overrides``),
+        checked against the denoiser."""
+        settings = self.defaults.with_overrides(**changes)
         self.predictor.check_settings(settings)
         return settings
 
@@ -130,16 +135,18 @@ class ExperimentRunner:
         checkpoint = checkpoint or self.models.pre_segmenter_checkpoint
         if checkpoint not in self._pre_segmentations:
             m = self.models
-            model = ModelPreSegmenter(m.pre_segmenter_folder, m.folds, checkpoint, torch.device(m.device),
+            folds = m.folds if m.pre_segmenter_folds is None else m.pre_segmenter_folds
+            model = ModelPreSegmenter(m.pre_segmenter_folder, folds, checkpoint, torch.device(m.device),
                                       use_mirroring=m.use_mirroring, tile_step_size=m.tile_step_size,
                                       trust_checkpoints=m.trust_checkpoints)
-            self.predictor.set_pre_segmenter(model)  # checks it fits the denoiser
+            self.predictor.check_pre_segmentation(model)
             self._pre_segmentations[checkpoint] = CachedPreSegmentation(
                 model, lambda data: _pre_segmenter_nfe(model, data), name=checkpoint)
         return self._pre_segmentations[checkpoint]
 
     # ---------------------------------------------------------------- sampling and export
-    def sample(self, case: str, settings: SamplingSettings, pre_segmentation=None) -> tuple[CaseResult, int, float]:
+    def sample(self, case: str, settings: SamplingSettings,
+               pre_segmentation: CachedPreSegmentation | None = None) -> tuple[CaseResult, int, float]:
         """One case with ``settings``: (result, network evaluations, seconds), pre-segmentation included."""
         data, properties = self.case_data(case)
         nfe, seconds = 0, 0.0
@@ -148,11 +155,9 @@ class ExperimentRunner:
                 raise ValueError("PD-DDPM settings need a pre-segmentation")
             pre_segmentation.probabilities(data, properties, case)
             nfe, seconds = pre_segmentation.nfe[case], pre_segmentation.seconds[case]
-            self.predictor.set_pre_segmenter(pre_segmentation)
-        self.predictor.sampling = settings
         start = time.perf_counter()
-        result = self.predictor.predict_case(data, properties, case)
-        return result, nfe + self.predictor.last_nfe, seconds + time.perf_counter() - start
+        result = self.predictor.predict_case(data, properties, case, settings, pre_segmentation)
+        return result, nfe + result.nfe, seconds + time.perf_counter() - start
 
     def folder(self, name: str) -> Path:
         return self.output / "predictions" / name
@@ -231,7 +236,7 @@ class ExperimentRunner:
 
     def _say(self, text: str) -> None:
         if self.verbose:
-            print(text, flush=True)
+            logger.info(text)
 
 
 def _read_cases(folder: Path) -> dict:

@@ -6,11 +6,14 @@ ensemble size, so the difference is the start of the reverse process.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from nnunet_pdddpm.experiments.common import describe, metrics_row
 from nnunet_pdddpm.experiments.report import format_table, new_figure, save_figure, write_rows
 from nnunet_pdddpm.experiments.runner import ExperimentRunner
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = ("method", "dice", "hd95", "jaccard", "lesion_f1", "mean_uncertainty", "nfe_per_case", "seconds_per_case",
            "sampling")
@@ -37,7 +40,7 @@ def run(runner: ExperimentRunner, output: Path, sampling: dict, vanilla_sampling
                {"experiment": "table1", "pre_segmenter": runner.models.pre_segmenter_folder,
                 "denoiser": runner.models.denoiser_folder})
     plot(rows, output / "table1.png")
-    print(format_table(rows, COLUMNS))
+    logger.info(format_table(rows, COLUMNS))
     return rows
 
 

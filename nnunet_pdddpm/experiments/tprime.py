@@ -5,12 +5,15 @@ vanilla DDPM (T'=T starts from almost pure noise).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
 from nnunet_pdddpm.experiments.common import metrics_row
 from nnunet_pdddpm.experiments.report import format_table, new_figure, save_figure, write_rows
 from nnunet_pdddpm.experiments.runner import ExperimentRunner
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_VALUES = (50, 100, 200, 300, 400, 500, 600, 700, 800, 1000)
 COLUMNS = ("t_prime", "dice", "hd95", "jaccard", "lesion_f1", "mean_uncertainty", "nfe_per_case", "seconds_per_case")
@@ -28,7 +31,7 @@ def run(runner: ExperimentRunner, output: Path, sampling: dict, values: Sequence
                {"experiment": "tprime", "pre_segmenter": metrics_row(pre_run),
                 "settings": runner.settings(**sampling).to_dict()})
     plot(rows, pre_run.metrics.get("dice", float("nan")), output / "tprime.png")
-    print(format_table(rows, COLUMNS))
+    logger.info(format_table(rows, COLUMNS))
     return rows
 
 

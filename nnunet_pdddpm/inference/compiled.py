@@ -6,7 +6,7 @@ default in :class:`SamplingSettings`:
 
 - ``channels_last``: network weights and input in channels-last layout (cuDNN's native NHWC/NDHWC
   convolutions on tensor cores; a no-op for the maths, not for the bits).
-- ``compile_denoiser``: ``torch.compile`` of this call with ``dynamic=False``; on CUDA with
+- ``compile``: ``torch.compile`` of this call with ``dynamic=False``; on CUDA with
   ``mode="reduce-overhead"`` (CUDA graphs: the whole U-Net replays as one graph, no per-kernel launch
   cost). Every call must then have the same shape, which is why ``ensemble_sampling`` pads the last
   batch (``batching.plan_windows(fixed_shape=True)``). Compiling costs tens of seconds once per fold

@@ -10,7 +10,7 @@ probability; per class on request), which are then aggregated over patches with 
 Which samples share a denoiser call is planned by ``batching.py`` (full batches, optionally padded to
 one shape for a compiled denoiser); how the denoiser is called (eager, channels-last, compiled) by
 ``compiled.py``; the DDPM update runs as precomputed tensor ops (``diffusion/fast_ddpm.py``) unless
-``settings.reference_sampler`` asks for diffusers' step. None of these changes a sample's numbers
+``performance.reference_sampler`` asks for diffusers' step. None of these changes a sample's numbers
 beyond floating-point reordering inside the network.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from nnunet_pdddpm.diffusion.schedule import make_ddpm_scheduler
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.batching import Batch, batch_size_for_budget, estimate_sample_bytes, plan_windows
 from nnunet_pdddpm.inference.compiled import SamplingDenoiser
-from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
 
 
 def case_seed(case_key: str | None) -> int:
@@ -45,14 +45,19 @@ def sample_generator(seed: int, case: int, fold: int, patch: int, member: int, d
     return g
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaseResult:
-    """Probabilities (K, *shape) summing to 1 over K, uncertainty (*shape) or None (``--uncertainty none``), and
-    with ``per_class_uncertainty`` one map per class (K, *shape); float32 on the results device."""
+    """Everything sampling a case measured.
+
+    probabilities: (K, *shape), summing to 1 over K. uncertainty: (*shape), or None with ``-uncertainty none``.
+    class_uncertainty: with ``uncertainty_per_class`` one map per class (K, *shape), else None. Float32.
+    nfe: denoiser evaluations spent on the case (counted per sample; the pre-segmenter's are not included).
+    """
 
     probabilities: torch.Tensor
     uncertainty: torch.Tensor | None
     class_uncertainty: torch.Tensor | None = None
+    nfe: int = 0
 
 
 def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -71,9 +76,9 @@ def members_per_fold(settings: SamplingSettings, num_folds: int) -> tuple[int, .
     if settings.ensemble_per_fold:
         return (settings.ensemble_size,) * num_folds
     if settings.ensemble_size < num_folds:
-        raise PDDDPMUserError(f"--ensemble {settings.ensemble_size} is the total number of samples per case, fewer "
-                              f"than the {num_folds} folds (-f), so some folds would not contribute; use --ensemble "
-                              f"{num_folds} or more, fewer folds, or --ensemble_per_fold.")
+        raise PDDDPMUserError(f"-ensemble_size {settings.ensemble_size} is the total number of samples per case, "
+                              f"fewer than the {num_folds} folds (-f), so some folds would not contribute; use "
+                              f"-ensemble_size {num_folds} or more, fewer folds, or --ensemble_per_fold.")
     share, rest = divmod(settings.ensemble_size, num_folds)
     return tuple(share + (f < rest) for f in range(num_folds))
 
@@ -90,14 +95,14 @@ def number_of_evaluations(num_patches: int, num_folds: int, settings: SamplingSe
     return num_patches * members * len(sampling_timesteps(t_prime, settings.steps))
 
 
-def sampling_batch_size(settings: SamplingSettings, network: nn.Module, input_shape: Sequence[int]) -> int:
-    """Samples per denoiser call: ``settings.max_batch_size``, lowered to fit ``settings.memory_budget_gb``.
+def sampling_batch_size(performance: PerformanceSettings, network: nn.Module, input_shape: Sequence[int]) -> int:
+    """Samples per denoiser call: ``performance.max_batch_size``, lowered to fit ``performance.memory_budget_gb``.
 
     input_shape: the denoiser's input (image channels + K, *patch).
     """
-    if settings.memory_budget_gb is None:
-        return settings.max_batch_size
-    return batch_size_for_budget(settings.max_batch_size, settings.memory_budget_gb * 2 ** 30,
+    if performance.memory_budget_gb is None:
+        return performance.max_batch_size
+    return batch_size_for_budget(performance.max_batch_size, performance.memory_budget_gb * 2 ** 30,
                                  estimate_sample_bytes(network, input_shape))
 
 
@@ -109,6 +114,7 @@ def sample_case(
     slicers: Sequence[tuple],
     gaussian: torch.Tensor,
     settings: SamplingSettings,
+    performance: PerformanceSettings,
     config: DiffusionConfig,
     case_key: str | None,
     results_device: torch.device,
@@ -119,13 +125,13 @@ def sample_case(
 
     networks: one denoiser per fold (on the compute device), or their :class:`SamplingDenoiser` s (pass those,
     e.g. from a ``DenoiserCache``, to reuse a compiled graph across cases; plain modules are wrapped here
-    with the options of ``settings``). image: (C, *shape) on the compute device.
+    with the options of ``performance``). image: (C, *shape) on the compute device.
     x0_pre: encoded pre-segmentation (K, *shape) in [-1, 1], or None for the vanilla baseline.
     slicers: nnU-Net's sliding-window slicers; each selects (channels, *patch) (2D configurations on 3D
     data index one slice). gaussian: nnU-Net's patch weights (*patch).
     """
     denoisers = [n if isinstance(n, SamplingDenoiser)
-                 else SamplingDenoiser(n, autocast, settings.channels_last, settings.compile_denoiser)
+                 else SamplingDenoiser(n, autocast, performance.channels_last, performance.compile)
                  for n in networks]
     t_prime = settings.effective_t_prime(config.num_train_timesteps)
     members = members_per_fold(settings, len(denoisers))
@@ -133,7 +139,7 @@ def sample_case(
     num_classes = denoisers[0].num_classes
     spatial = image.shape[1:]
     probs_acc = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=results_device)
-    per_class = settings.per_class_uncertainty  # a map per class costs as much memory as the probabilities
+    per_class = settings.uncertainty_per_class  # a map per class costs as much memory as the probabilities
     unc_acc = torch.zeros((num_classes, *spatial) if per_class else spatial, dtype=torch.float32,
                           device=results_device)
     weight_acc = torch.zeros(spatial, dtype=torch.float32, device=results_device)
@@ -141,15 +147,16 @@ def sample_case(
     scheduler = make_ddpm_scheduler(config)
     cseed = case_seed(case_key)
     patch_shape = tuple(gaussian.shape)
-    batch_size = sampling_batch_size(settings, denoisers[0].network, (image.shape[0] + num_classes, *patch_shape))
+    batch_size = sampling_batch_size(performance, denoisers[0].network, (image.shape[0] + num_classes, *patch_shape))
     fixed_shape = any(d.compiled for d in denoisers)
 
     for window in plan_windows(len(slicers), members, batch_size, fixed_shape):
         s1 = {p: 0.0 for p in window.patches}
         s2 = {p: 0.0 for p in window.patches}
         for batch in window.batches:
-            probs = _sample_batch(denoisers[batch.fold], image, x0_pre, slicers, batch, settings, config, scheduler,
-                                  t_prime, cseed, on_step).to(results_device)
+            probs = _sample_batch(denoisers[batch.fold], image, x0_pre, slicers, batch, settings,
+                                  performance.reference_sampler, config, scheduler, t_prime, cseed,
+                                  on_step).to(results_device)
             for job, pr in zip(batch.jobs, probs):  # padding rows come last and are dropped
                 s1[job.patch] = s1[job.patch] + pr
                 s2[job.patch] = s2[job.patch] + pr * pr
@@ -165,13 +172,14 @@ def sample_case(
             weight_acc[sl[1:]] += gaussian
     probs_acc /= weight_acc
     unc_acc /= weight_acc
+    nfe = number_of_evaluations(len(slicers), len(denoisers), settings, t_prime)
     if per_class:
-        return CaseResult(probs_acc, unc_acc.mean(0), unc_acc)
-    return CaseResult(probs_acc, unc_acc)
+        return CaseResult(probs_acc, unc_acc.mean(0), unc_acc, nfe)
+    return CaseResult(probs_acc, unc_acc, None, nfe)
 
 
-def _sample_batch(denoiser: SamplingDenoiser, image, x0_pre, slicers, batch: Batch, settings, config, scheduler,
-                  t_prime, cseed, on_step) -> torch.Tensor:
+def _sample_batch(denoiser: SamplingDenoiser, image, x0_pre, slicers, batch: Batch, settings, reference_sampler: bool,
+                  config, scheduler, t_prime, cseed, on_step) -> torch.Tensor:
     """Reverse process for the jobs of one batch (padding rows repeat the last job with their own noise)
     -> decoded probabilities (batch.size, K, *patch)."""
     device = image.device
@@ -194,6 +202,6 @@ def _sample_batch(denoiser: SamplingDenoiser, image, x0_pre, slicers, batch: Bat
         return model_output(config, denoiser(img, x_t, t))
 
     step_done = None if on_step is None else (lambda: on_step(len(batch.jobs)))
-    process = reverse_process_reference if settings.reference_sampler else reverse_process
+    process = reverse_process_reference if reference_sampler else reverse_process
     x0_hat = process(model_fn, x_start, t_prime, config, settings.sampler, settings.steps, gens, step_done)
     return decode_to_probabilities(x0_hat)

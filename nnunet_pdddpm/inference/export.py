@@ -15,8 +15,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.io_utils import atomic_path
-
-UNCERTAINTY_SUFFIX = "_uncertainty"
+from nnunet_pdddpm.output_names import UNCERTAINTY_SUFFIX
 
 
 def uncertainty_to_original_geometry(uncertainty: torch.Tensor | np.ndarray, properties: dict,
@@ -47,7 +46,7 @@ def write_float_image(array: np.ndarray, properties: dict, filename: str) -> Non
     """Write a float32 map with the geometry nnU-Net's SimpleITK reader recorded (atomically)."""
     if "sitk_stuff" not in properties:
         raise PDDDPMUserError("Uncertainty maps can only be written for datasets read with SimpleITK "
-                              "(e.g. .nii.gz, .nrrd, .mha); pass --uncertainty none for this dataset.")
+                              "(e.g. .nii.gz, .nrrd, .mha); pass -uncertainty none for this dataset.")
     geo = properties["sitk_stuff"]
     if len(geo["spacing"]) == 2:
         array = array[0]

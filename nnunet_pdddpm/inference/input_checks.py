@@ -22,8 +22,9 @@ _SIDECAR_ENDINGS = (".json",)
 _passed: set[tuple[str, int, int]] = set()
 
 
-def list_input_cases(folder: str, dataset_json: dict, part_id: int = 0, num_parts: int = 1) -> list[list[str]]:
-    """nnU-Net's case lists of ``folder`` (``CASE_XXXX<file_ending>`` per channel) for part ``part_id``.
+def input_cases(folder: str, dataset_json: dict, part_id: int = 0, num_parts: int = 1) -> dict[str, list[str]]:
+    """Case identifier -> channel files (``CASE_XXXX<file_ending>``) of ``folder`` for part ``part_id``, as
+    nnU-Net lists them (``get_identifiers_from_splitted_dataset_folder``).
 
     Raises for files nnU-Net would skip or misread for their name (:func:`check_file_endings`).
     """
@@ -33,9 +34,8 @@ def list_input_cases(folder: str, dataset_json: dict, part_id: int = 0, num_part
     if not files:
         raise PDDDPMUserError(f"The input folder {folder} holds no images ending with {ending}; give the folder of "
                               f"CASE_0000{ending} files (one per channel).")
-    lists = [create_paths_fn(folder, files, ending, case)
-             for case in map(str, get_identifiers_from_splitted_dataset_folder(folder, ending))]
-    return lists[part_id::num_parts]
+    cases = list(map(str, get_identifiers_from_splitted_dataset_folder(folder, ending)))[part_id::num_parts]
+    return {case: create_paths_fn(folder, files, ending, case) for case in cases}
 
 
 def check_file_endings(folder: str, file_ending: str) -> None:
@@ -64,18 +64,17 @@ def _some(names: list[str]) -> str:
 
 
 def check_input_folder(folder: str, dataset_json: dict, model_ndim: int, part_id: int = 0,
-                       num_parts: int = 1) -> list[list[str]]:
-    """List the cases of ``folder`` (see :func:`list_input_cases`) and check each with :func:`check_case_files`."""
-    lists = list_input_cases(folder, dataset_json, part_id, num_parts)
-    check_case_lists(lists, dataset_json, model_ndim)
-    return lists
+                       num_parts: int = 1) -> dict[str, list[str]]:
+    """The cases of ``folder`` (see :func:`input_cases`), each checked with :func:`check_case_files`."""
+    cases = input_cases(folder, dataset_json, part_id, num_parts)
+    check_cases(cases, dataset_json, model_ndim)
+    return cases
 
 
-def check_case_lists(lists: list[list[str]], dataset_json: dict, model_ndim: int) -> None:
-    ending = dataset_json["file_ending"]
-    for files in lists:
-        case = basename(files[0])[: -(len(ending) + 5)] if files else "?"
-        check_case_files(case, files, len(dataset_json["channel_names"]), model_ndim, ending)
+def check_cases(cases: dict[str, list[str]], dataset_json: dict, model_ndim: int) -> None:
+    """Check each case's channel files (identifier -> files) with :func:`check_case_files`."""
+    for case, files in cases.items():
+        check_case_files(case, files, len(dataset_json["channel_names"]), model_ndim, dataset_json["file_ending"])
 
 
 def model_input_spec(model_folder: str, configuration: str) -> tuple[dict, int] | None:

@@ -4,22 +4,34 @@ Either any trained nnU-Net model folder (run over the whole case with nnU-Net's 
 window; its checkpoints are read without running code unless ``trust_checkpoints``: see
 ``nnunet_pdddpm/checkpoints.py``), or a folder of ``--save_probabilities`` ``.npz`` files written by
 ``nnUNetv2_predict`` for any model. Both yield softmax probabilities (K, *preprocessed shape) in the denoiser's
-preprocessed space.
+preprocessed space. :class:`PreSegmentation` names the interface every source shares (also the degraded
+and all-background ones of ``experiments/pre_segmentations.py``).
 """
 from __future__ import annotations
 
 import time
 from os.path import isdir, isfile, join
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunet_pdddpm.discovery import ensure_trainer_discovery
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.nnunet_model import initialize_from_model_folder
-from nnunet_pdddpm.trainers.discovery import ensure_trainer_discovery
+
+
+@runtime_checkable
+class PreSegmentation(Protocol):
+    """A source of pre-segmentations: what ``PDDDPMPredictor.predict_case`` diffuses to T'."""
+
+    def check_case(self, case_key: str | None) -> None:
+        """Raise :class:`PDDDPMUserError` (one sentence) if this source has nothing for the case; before any work."""
+
+    def probabilities(self, data: torch.Tensor, properties: dict, case_key: str | None) -> torch.Tensor:
+        """Class probabilities (K, *shape) of the preprocessed case ``data`` (C, *shape), float32."""
 
 
 class ModelPreSegmenter:
@@ -48,9 +60,6 @@ class ModelPreSegmenter:
         self.configuration_manager: ConfigurationManager = self.predictor.configuration_manager
         self.dataset_json: dict = self.predictor.dataset_json
 
-    def describe(self) -> str:
-        return f"nnU-Net model {self.model_folder}"
-
     def check_case(self, case_key: str | None) -> None:
         """Models can segment any case."""
 
@@ -70,9 +79,6 @@ class NpzPreSegmentation:
         self.plans_manager = plans_manager
         self.configuration_manager = configuration_manager
         self.num_classes = num_classes
-
-    def describe(self) -> str:
-        return f"probabilities in {self.folder}"
 
     def file_for(self, case_key: str | None) -> str:
         return join(self.folder, f"{case_key}.npz")
@@ -163,16 +169,14 @@ class CachedPreSegmentation:
     ``count_nfe(data)`` (0 for precomputed probabilities).
     """
 
-    def __init__(self, source, count_nfe: Callable[[torch.Tensor], int] | None = None, name: str = "pre-segmenter"):
+    def __init__(self, source: PreSegmentation, count_nfe: Callable[[torch.Tensor], int] | None = None,
+                 name: str = "pre-segmenter"):
         self.source = source
         self.name = name
         self.count_nfe = count_nfe
         self.cache: dict[str, torch.Tensor] = {}
         self.seconds: dict[str, float] = {}
         self.nfe: dict[str, int] = {}
-
-    def describe(self) -> str:
-        return self.source.describe()
 
     def check_case(self, case_key: str | None) -> None:
         self.source.check_case(case_key)

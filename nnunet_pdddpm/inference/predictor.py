@@ -2,11 +2,17 @@
 
 Life cycle as in nnU-Net (``initialize_from_trained_model_folder``, ``predict_from_files``,
 ``predict_single_npy_array``); nnU-Net's preprocessing, sliding-window slicers, Gaussian weights,
-resampling and export are reused. The pre-segmentation comes from a ``ModelPreSegmenter`` or an
-``NpzPreSegmentation`` (``set_pre_segmenter``) unless ``sampling.vanilla`` is set.
+resampling and export are reused.
+
+:meth:`PDDDPMPredictor.predict_case` is a function of its arguments: the sampling settings and the
+pre-segmentation (any :class:`PreSegmentation`) are passed in, and everything measured (probabilities,
+uncertainty, NFE) comes back in a :class:`CaseResult`. nnU-Net's file-based calls (``predict_from_files``)
+use the settings and pre-segmentation given once to :meth:`PDDDPMPredictor.configure`.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -37,18 +43,24 @@ from nnunet_pdddpm.inference.ensemble_sampling import (
     sample_case,
 )
 from nnunet_pdddpm.inference.export import (
-    UNCERTAINTY_SUFFIX,
     class_uncertainty_files,
     export_case,
     uncertainty_to_original_geometry,
 )
-from nnunet_pdddpm.inference.input_checks import check_case_lists, check_file_endings
-from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter, _checked_folds, check_compatible
-from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.inference.input_checks import check_cases, check_file_endings
+from nnunet_pdddpm.inference.pre_segmentation import (
+    ModelPreSegmenter,
+    PreSegmentation,
+    _checked_folds,
+    check_compatible,
+)
+from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
 from nnunet_pdddpm.inference.t_prime_sweep import read_auto_t_prime
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs
+from nnunet_pdddpm.output_names import UNCERTAINTY_FOLDER, UNCERTAINTY_SUFFIX
+from nnunet_pdddpm.precision import autocast
 
-UNCERTAINTY_FOLDER = "uncertainty"
+logger = logging.getLogger(__name__)
 
 
 def _load_denoiser_checkpoint(path: str) -> dict:
@@ -79,20 +91,22 @@ class PDDDPMPredictor(nnUNetPredictor):
     def __init__(self, tile_step_size: float = 0.5, use_gaussian: bool = True, use_mirroring: bool = True,
                  perform_everything_on_device: bool = True, device: torch.device = torch.device("cuda"),
                  verbose: bool = False, verbose_preprocessing: bool = False, allow_tqdm: bool = True,
-                 sampling: SamplingSettings | None = None):
+                 sampling: SamplingSettings | None = None, performance: PerformanceSettings = PerformanceSettings(),
+                 uncertainty_folder: str | None = None):
         """``sampling=None`` takes T', ensemble size, sampler and steps from the checkpoint's trainer settings.
 
         ``use_mirroring`` applies to the pre-segmenter (nnU-Net's test-time mirroring); the denoiser's
-        samples are already an ensemble.
+        samples are already an ensemble. ``uncertainty_folder``: where ``predict_from_files`` writes the
+        uncertainty maps (default: ``uncertainty/`` in the output folder).
         """
         super().__init__(tile_step_size, use_gaussian, use_mirroring, perform_everything_on_device, device, verbose,
                          verbose_preprocessing, allow_tqdm)
         self.sampling = sampling
-        self.pre_segmenter = None
+        self.performance = performance
+        self.pre_segmentation: PreSegmentation | None = None
         self.networks: list[nn.Module] = []
         self.diffusion_config: DiffusionConfig | None = None
-        self.uncertainty_folder: str | None = None
-        self.last_nfe = 0
+        self.uncertainty_folder = uncertainty_folder
         self.t_prime_source = "the sampling settings" if sampling is not None else "the denoiser trainer's t_prime"
         self.denoiser_cache = DenoiserCache()  # compiled denoisers survive from case to case
 
@@ -136,7 +150,8 @@ class PDDDPMPredictor(nnUNetPredictor):
                                           first.get("inference_allowed_mirroring_axes"))
         auto = read_auto_t_prime(folder, folds) if from_checkpoint else None
         if auto is not None:
-            self.sampling.t_prime, where = auto
+            t_prime, where = auto
+            self.sampling = replace(self.sampling, t_prime=t_prime)
             self.t_prime_source = f"the validation sweep ({where})"
             self.check_settings(self.sampling)
 
@@ -172,88 +187,102 @@ class PDDDPMPredictor(nnUNetPredictor):
         members_per_fold(settings, len(self.networks))
         t_prime = settings.effective_t_prime(self.diffusion_config.num_train_timesteps)
         if t_prime > self.trained_timesteps:
-            asked = "--vanilla (sampling from T)" if settings.vanilla else f"--t_prime {settings.t_prime}"
+            asked = "--vanilla (sampling from T)" if settings.vanilla else f"-t_prime {settings.t_prime}"
             raise PDDDPMUserError(
                 f"This denoiser ({self.trainer_name}) was trained on timesteps below {self.trained_timesteps} "
-                f"(its timestep_range), so {asked} would run it where it never learned; use --t_prime "
+                f"(its timestep_range), so {asked} would run it where it never learned; use -t_prime "
                 f"{self.trained_timesteps} or less, or a denoiser trained on all timesteps.")
 
-    def set_pre_segmenter(self, pre_segmenter) -> None:
-        """A ``ModelPreSegmenter`` (checked against the denoiser now) or an ``NpzPreSegmentation``."""
-        if isinstance(pre_segmenter, ModelPreSegmenter):
-            check_compatible(self.plans_manager, self.configuration_manager, self.dataset_json,
-                             pre_segmenter.plans_manager, pre_segmenter.configuration_manager,
-                             pre_segmenter.dataset_json, "pre-segmentation model")
-        self.pre_segmenter = pre_segmenter
+    def configure(self, sampling: SamplingSettings | None = None,
+                  pre_segmentation: PreSegmentation | None = None) -> None:
+        """The sampling settings and pre-segmentation nnU-Net's file-based calls (``predict_from_files``,
+        ``predict_single_npy_array``) use; both are checked against the denoiser now (None keeps the current)."""
+        if sampling is not None:
+            self.check_settings(sampling)
+            self.sampling = sampling
+        if pre_segmentation is not None:
+            self.check_pre_segmentation(pre_segmentation)
+            self.pre_segmentation = pre_segmentation
 
-    def _needs_pre_segmentation(self) -> bool:
-        return not self.sampling.vanilla
+    def check_pre_segmentation(self, pre_segmentation: PreSegmentation) -> None:
+        """One sentence if a pre-segmentation model cannot serve this denoiser (dataset, labels, geometry)."""
+        if isinstance(pre_segmentation, ModelPreSegmenter):
+            check_compatible(self.plans_manager, self.configuration_manager, self.dataset_json,
+                             pre_segmentation.plans_manager, pre_segmentation.configuration_manager,
+                             pre_segmentation.dataset_json, "pre-segmentation model")
 
     # ---------------------------------------------------------------- one case
     @torch.inference_mode()
-    def predict_case(self, data: torch.Tensor, properties: dict, case_key: str | None) -> CaseResult:
-        """Sample a preprocessed case (C, *shape) -> probabilities (K, *shape) and uncertainty (*shape) on the CPU."""
+    def predict_case(self, data: torch.Tensor, properties: dict, case_key: str | None,
+                     sampling: SamplingSettings | None = None, pre_segmentation: PreSegmentation | None = None,
+                     performance: PerformanceSettings | None = None) -> CaseResult:
+        """Sample a preprocessed case (C, *shape) -> probabilities (K, *shape), uncertainty (*shape) or None, NFE.
+
+        ``sampling``, ``pre_segmentation`` and ``performance`` default to those of :meth:`configure` and the
+        constructor; the result depends on nothing else (and on ``sampling.seed``, not on batch layout).
+        """
+        sampling = self.sampling if sampling is None else sampling
+        pre_segmentation = self.pre_segmentation if pre_segmentation is None else pre_segmentation
+        performance = self.performance if performance is None else performance
+        self.check_settings(sampling)
         if not torch.isfinite(data).all():
             raise PDDDPMUserError(f"Case {case_key} has NaN or infinite voxels after preprocessing; fix the input "
                                   f"images (replace non-finite values) and predict again.")
-        if self._needs_pre_segmentation() and self.pre_segmenter is None:
+        if not sampling.vanilla and pre_segmentation is None:
             raise PDDDPMUserError("No pre-segmentation: pass -preseg_tr/-preseg_c (a trained nnU-Net model) or "
                                   "-preseg_probabilities, or use --vanilla.")
         patch = tuple(self.configuration_manager.patch_size)
         compute = self.device
         results = self.device if self.perform_everything_on_device else torch.device("cpu")
         x0_pre = None
-        if self._needs_pre_segmentation():
-            probs = self.pre_segmenter.probabilities(data, properties, case_key).to(compute)
+        if not sampling.vanilla:
+            probs = pre_segmentation.probabilities(data, properties, case_key).to(compute)
             probs, _ = pad_nd_image(probs, patch, "constant", {"value": 0}, True, None)
             probs[0][probs.sum(0) == 0] = 1  # padding is background
-            x0_pre = encode_probabilities(probs) if self.sampling.soft_pre_segmentation else hard_onehot(probs[None])[0]
+            x0_pre = encode_probabilities(probs) if sampling.soft_pre_segmentation else hard_onehot(probs[None])[0]
         data = data.to(compute, torch.float32)
         padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
         slicers = self._internal_get_sliding_window_slicers(padded.shape[1:])
         gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results,
                                     dtype=torch.float32) if self.use_gaussian else torch.ones(patch, device=results)
-        t_prime = self.sampling.effective_t_prime(self.diffusion_config.num_train_timesteps)
-        self.last_nfe = number_of_evaluations(len(slicers), len(self.networks), self.sampling, t_prime)
-        result = self._sample_with_oom_fallback(padded, x0_pre, slicers, gaussian, case_key, results)
+        result = self._sample_with_oom_fallback(padded, x0_pre, slicers, gaussian, case_key, results, sampling,
+                                                performance)
         probs = result.probabilities[(slice(None), *revert[1:])].cpu()
         per_class = None
-        if self.sampling.uncertainty == "none":
+        if sampling.uncertainty == "none":
             unc = None
-        elif self.sampling.uncertainty == "entropy":
+        elif sampling.uncertainty == "entropy":
             unc = predictive_entropy(probs)
-            per_class = binary_entropy(probs) if self.sampling.per_class_uncertainty else None
+            per_class = binary_entropy(probs) if sampling.uncertainty_per_class else None
         else:
             unc = result.uncertainty[tuple(revert[1:])].cpu()
             if result.class_uncertainty is not None:
                 per_class = result.class_uncertainty[(slice(None), *revert[1:])].cpu()
-        return CaseResult(probs, unc, per_class)
+        return CaseResult(probs, unc, per_class, result.nfe)
 
-    def _sample_with_oom_fallback(self, padded, x0_pre, slicers, gaussian, case_key, results) -> CaseResult:
+    def _sample_with_oom_fallback(self, padded, x0_pre, slicers, gaussian, case_key, results,
+                                  sampling: SamplingSettings, performance: PerformanceSettings) -> CaseResult:
         """Sample; on device out-of-memory retry with half the batch (results do not depend on the batch layout)."""
-        settings = self.sampling
+        t_prime = sampling.effective_t_prime(self.diffusion_config.num_train_timesteps)
+        nfe = number_of_evaluations(len(slicers), len(self.networks), sampling, t_prime)
+        device_autocast = functools.partial(autocast, self.device)
         while True:
             try:
-                with tqdm(total=self.last_nfe, desc=f"sampling {case_key or ''}".strip(), unit="eval",
+                with tqdm(total=nfe, desc=f"sampling {case_key or ''}".strip(), unit="eval",
                           leave=False, disable=not self.allow_tqdm) as bar:
-                    denoisers = self.denoiser_cache.get(self.networks, self._autocast, settings.channels_last,
-                                                        settings.compile_denoiser)
-                    return sample_case(denoisers, padded, x0_pre, slicers, gaussian, settings,
-                                       self.diffusion_config, case_key, results, self._autocast, bar.update)
+                    denoisers = self.denoiser_cache.get(self.networks, device_autocast, performance.channels_last,
+                                                        performance.compile)
+                    return sample_case(denoisers, padded, x0_pre, slicers, gaussian, sampling, performance,
+                                       self.diffusion_config, case_key, results, device_autocast, bar.update)
             except torch.OutOfMemoryError:
-                if settings.max_batch_size == 1:
+                if performance.max_batch_size == 1:
                     raise PDDDPMUserError(f"Case {case_key} does not fit in device memory even one sample at a "
                                           f"time; use -device cpu or a configuration with a smaller patch.") from None
-                settings = replace(settings, max_batch_size=max(1, settings.max_batch_size // 2),
-                                   memory_budget_gb=None)
+                performance = replace(performance, max_batch_size=max(1, performance.max_batch_size // 2),
+                                      memory_budget_gb=None)
                 warnings.warn(f"Out of device memory while sampling {case_key}; retrying with "
-                              f"--max_batch_size {settings.max_batch_size}.", stacklevel=2)
+                              f"-max_batch_size {performance.max_batch_size}.", stacklevel=2)
                 empty_cache(self.device)
-
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
 
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         """nnU-Net's contract: "logits" (K, *shape); here log ensemble-mean probabilities (softmax gives them back)."""
@@ -271,14 +300,14 @@ class PDDDPMPredictor(nnUNetPredictor):
         lists, outputs, prev = super()._manage_input_and_output_lists(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
             folder_with_segs_from_prev_stage, True, part_id, num_parts, save_probabilities)
-        self._check_input_lists(lists)
+        self._check_input_lists(lists, outputs)
         if not overwrite and outputs is not None:
             keep = [i for i, o in enumerate(outputs) if not self._case_complete(o, save_probabilities)]
-            print(f"{len(outputs) - len(keep)} cases already predicted; {len(keep)} to go.")
+            logger.info(f"{len(outputs) - len(keep)} cases already predicted; {len(keep)} to go.")
             lists, outputs, prev = [lists[i] for i in keep], [outputs[i] for i in keep], [prev[i] for i in keep]
-        if self._needs_pre_segmentation() and self.pre_segmenter is not None and outputs is not None:
+        if not self.sampling.vanilla and self.pre_segmentation is not None and outputs is not None:
             for o in outputs:
-                self.pre_segmenter.check_case(basename(o))
+                self.pre_segmentation.check_case(basename(o))
         return lists, outputs, prev
 
     def _uncertainty_file(self, output_truncated: str) -> str:
@@ -287,7 +316,7 @@ class PDDDPMPredictor(nnUNetPredictor):
 
     def _class_uncertainty_files(self, output_truncated: str) -> list[str]:
         """One map per foreground class (``CASE_uncertainty_class1.nii.gz`` ...) with --uncertainty_per_class."""
-        if not self.sampling.per_class_uncertainty or self.sampling.uncertainty == "none":
+        if not self.sampling.uncertainty_per_class or self.sampling.uncertainty == "none":
             return []
         return class_uncertainty_files(self._uncertainty_file(output_truncated), self.label_manager,
                                        self.dataset_json["file_ending"])
@@ -301,10 +330,12 @@ class PDDDPMPredictor(nnUNetPredictor):
             files.append(output_truncated + ".npz")
         return all(isfile(f) for f in files)
 
-    def _check_input_lists(self, lists: list[list[str]]) -> None:
+    def _check_input_lists(self, lists: list[list[str]], outputs: list[str] | None) -> None:
+        """nnU-Net names each output after its case identifier; without outputs the cases are numbered."""
         if not lists:
-            print("No input cases to predict.")
-        check_case_lists(lists, self.dataset_json, len(self.configuration_manager.patch_size))
+            logger.info("No input cases to predict.")
+        names = [basename(o) for o in outputs] if outputs is not None else [f"#{i}" for i in range(len(lists))]
+        check_cases(dict(zip(names, lists)), self.dataset_json, len(self.configuration_manager.patch_size))
 
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = 2):
@@ -340,7 +371,7 @@ class PDDDPMPredictor(nnUNetPredictor):
         """One image (C, *shape) in nnU-Net's axis order -> files, or (segmentation, probabilities, uncertainty).
 
         The returned arrays are in the input's shape (cropping and resampling undone); ``uncertainty`` is
-        None with ``--uncertainty none``.
+        None with ``-uncertainty none``.
         """
         from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape

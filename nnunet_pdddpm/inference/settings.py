@@ -1,7 +1,13 @@
-"""Sampling settings of PD-DDPM inference, validated before any heavy work."""
+"""The settings of PD-DDPM inference: the method's (what is sampled) and the performance knobs (how fast).
+
+Both are frozen: a caller changes a setting with ``dataclasses.replace``, which validates again, so a
+predictor never samples with settings nobody checked. Field names are the command-line flag names
+(``-t_prime``, ``-ensemble_size``, ``--soft_pre_segmentation``, ...). A :class:`PerformanceSettings`
+never changes a sample's numbers (beyond floating-point reordering inside the network).
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from nnunet_pdddpm.diffusion import SAMPLERS
 from nnunet_pdddpm.errors import PDDDPMUserError
@@ -9,26 +15,25 @@ from nnunet_pdddpm.errors import PDDDPMUserError
 UNCERTAINTY_KINDS = ("variance", "entropy", "none")
 
 
-@dataclass
+def check_at_least(flag: str, value: int | float | None, low: int | float) -> None:
+    """One sentence when ``value`` (None: unset) is below ``low``; shared by the settings and the CLI checks."""
+    if value is not None and value < low:
+        raise PDDDPMUserError(f"{flag} must be at least {low}, got {value}.")
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
-    """How a case is sampled.
+    """How a case is sampled (the method).
 
     t_prime: the paper's T' (reverse steps start at index t_prime - 1; 0 returns the pre-segmentation).
     ensemble_size: samples per case (paper: 5), dealt out over the folds; their mean is the probability map.
     ensemble_per_fold: every fold draws ``ensemble_size`` samples instead (F x N in all, as before 0.2).
     sampler / steps: ``ddpm`` (ancestral, every step unless ``steps``), ``ddim`` or ``dpm++`` with ``steps``.
     vanilla: the baseline: pure noise at T and the full reverse process (no pre-segmentation).
-    per_class_uncertainty: also return one uncertainty map per class (variance of that class's probability,
-        or with ``entropy`` its binary entropy); the scalar map stays the mean over classes (the default).
+    uncertainty: ``variance`` across the ensemble (paper), predictive ``entropy``, or ``none``.
+    uncertainty_per_class: also return one uncertainty map per class (variance of that class's probability,
+        or with ``entropy`` its binary entropy); the scalar map stays the mean over classes.
     soft_pre_segmentation: encode the pre-segmenter's probabilities as 2p - 1 instead of its argmax.
-    max_batch_size: samples (patches x members) per denoiser call.
-    memory_budget_gb: if set, the batch is the largest (up to max_batch_size) whose estimated activation
-        memory fits this many GiB (``batching.estimate_sample_bytes``).
-    reference_sampler: step with diffusers' ``scheduler.step`` (the plain path: a host sync per DDPM step)
-        instead of the precomputed tensor step, which gives the same numbers.
-    channels_last: run the denoiser in channels-last layout (for CUDA tensor cores).
-    compile_denoiser: ``torch.compile`` the denoiser call (CUDA graphs on CUDA); pads every batch to one
-        shape; compiling takes tens of seconds once per fold.
     """
 
     t_prime: int = 300
@@ -39,36 +44,65 @@ class SamplingSettings:
     seed: int = 0
     vanilla: bool = False
     uncertainty: str = "variance"
-    per_class_uncertainty: bool = False
+    uncertainty_per_class: bool = False
     soft_pre_segmentation: bool = False
-    max_batch_size: int = 16
-    memory_budget_gb: float | None = None
-    reference_sampler: bool = False
-    channels_last: bool = False
-    compile_denoiser: bool = False
+
+    def __post_init__(self) -> None:
+        check_at_least("-t_prime", self.t_prime, 0)
+        check_at_least("-ensemble_size", self.ensemble_size, 1)
+        check_at_least("-steps", self.steps, 1)
+        if self.sampler not in SAMPLERS:
+            raise PDDDPMUserError(f"-sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}.")
+        if self.uncertainty not in UNCERTAINTY_KINDS:
+            raise PDDDPMUserError(f"-uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}.")
+        if self.uncertainty_per_class and self.uncertainty == "none":
+            raise PDDDPMUserError("--uncertainty_per_class needs an uncertainty: use -uncertainty variance or "
+                                  "entropy.")
+
+    def with_overrides(self, **changes) -> SamplingSettings:
+        """These settings with ``changes`` (None values ignored); a new ``sampler`` without ``steps`` drops the
+        old steps, which were chosen for the old sampler."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if changes.get("sampler", self.sampler) != self.sampler and "steps" not in changes:
+            changes["steps"] = None
+        return replace(self, **changes)
 
     def effective_t_prime(self, num_train_timesteps: int) -> int:
         return num_train_timesteps if self.vanilla else self.t_prime
 
     def validate(self, num_train_timesteps: int) -> None:
-        """Raise :class:`PDDDPMUserError` with one sentence for the first invalid setting."""
-        if not 0 <= self.t_prime <= num_train_timesteps:
-            raise PDDDPMUserError(f"--t_prime must be between 0 and T={num_train_timesteps}, got {self.t_prime}.")
-        if self.ensemble_size < 1:
-            raise PDDDPMUserError(f"--ensemble must be at least 1, got {self.ensemble_size}.")
-        if self.sampler not in SAMPLERS:
-            raise PDDDPMUserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}.")
-        if self.steps is not None and self.steps < 1:
-            raise PDDDPMUserError(f"--steps must be at least 1, got {self.steps}.")
-        if self.uncertainty not in UNCERTAINTY_KINDS:
-            raise PDDDPMUserError(f"--uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}.")
-        if self.per_class_uncertainty and self.uncertainty == "none":
-            raise PDDDPMUserError("--uncertainty_per_class needs an uncertainty: use --uncertainty variance or "
-                                  "entropy.")
-        if self.max_batch_size < 1:
-            raise PDDDPMUserError(f"--max_batch_size must be at least 1, got {self.max_batch_size}.")
+        """Raise :class:`PDDDPMUserError` with one sentence if T' exceeds the denoiser's T."""
+        if self.t_prime > num_train_timesteps:
+            raise PDDDPMUserError(f"-t_prime must be between 0 and T={num_train_timesteps}, got {self.t_prime}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PerformanceSettings:
+    """How fast a case is sampled; none of these changes the samples.
+
+    max_batch_size: samples (patches x members) per denoiser call.
+    memory_budget_gb: if set, the batch is the largest (up to max_batch_size) whose estimated activation
+        memory fits this many GiB (``batching.estimate_sample_bytes``).
+    channels_last: run the denoiser in channels-last layout (for CUDA tensor cores).
+    compile: ``torch.compile`` the denoiser call (CUDA graphs on CUDA); pads every batch to one shape;
+        compiling takes tens of seconds once per fold.
+    reference_sampler: step with diffusers' ``scheduler.step`` (the plain path: a host sync per DDPM step)
+        instead of the precomputed tensor step, which gives the same numbers.
+    """
+
+    max_batch_size: int = 16
+    memory_budget_gb: float | None = None
+    channels_last: bool = False
+    compile: bool = False
+    reference_sampler: bool = False
+
+    def __post_init__(self) -> None:
+        check_at_least("-max_batch_size", self.max_batch_size, 1)
         if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
-            raise PDDDPMUserError(f"--memory_budget_gb must be positive, got {self.memory_budget_gb}.")
+            raise PDDDPMUserError(f"-memory_budget_gb must be positive, got {self.memory_budget_gb}.")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -43,27 +43,24 @@ def foreground_dice(probabilities: torch.Tensor, seg: torch.Tensor) -> float:
 
 
 def sweep_t_prime(predictor, cases: Iterable[tuple[str, torch.Tensor, dict, torch.Tensor]],
-                  candidates: Sequence[int], base: SamplingSettings) -> dict:
+                  candidates: Sequence[int], base: SamplingSettings, pre_segmentation) -> dict:
     """Dice of PD-DDPM for each T' in ``candidates`` (with ``base``'s other settings) on ``cases``.
 
     cases: (key, preprocessed data (C, *shape), nnU-Net properties, ground truth as channel indices (*shape)).
-    The predictor must hold its pre-segmenter. Returns ``{"t_prime": best, "candidates", "dice", "sampling"}``;
-    the best is the highest mean Dice, the smaller T' on a tie (fewer evaluations).
+    pre_segmentation: a ``PreSegmentation`` (run once per case here, whatever the number of candidates).
+    Returns ``{"t_prime": best, "candidates", "dice", "sampling"}``; the best is the highest mean Dice, the
+    smaller T' on a tie (fewer evaluations).
     """
     if not candidates:
         raise ValueError("need at least one T' candidate")
     cases = list(cases)
-    original_pre, original_sampling = predictor.pre_segmenter, predictor.sampling
-    predictor.pre_segmenter = CachedPreSegmentation(original_pre)  # every case is sampled once per T'
+    cached = CachedPreSegmentation(pre_segmentation)  # every case is sampled once per T'
     dice = []
-    try:
-        for t_prime in candidates:
-            predictor.sampling = replace(base, t_prime=int(t_prime), vanilla=False, uncertainty="none")
-            scores = [foreground_dice(predictor.predict_case(data, props, key).probabilities, seg)
-                      for key, data, props, seg in cases]
-            dice.append(float(np.mean(scores)))
-    finally:
-        predictor.pre_segmenter, predictor.sampling = original_pre, original_sampling
+    for t_prime in candidates:
+        sampling = replace(base, t_prime=int(t_prime), vanilla=False, uncertainty="none", uncertainty_per_class=False)
+        scores = [foreground_dice(predictor.predict_case(data, props, key, sampling, cached).probabilities, seg)
+                  for key, data, props, seg in cases]
+        dice.append(float(np.mean(scores)))
     best = int(candidates[int(np.argmax(np.round(dice, 6)))])  # argmax takes the first (smallest) of equal values
     return {"t_prime": best, "candidates": [int(c) for c in candidates], "dice": dice,
             "sampling": {"sampler": base.sampler, "steps": base.steps, "ensemble_size": base.ensemble_size},

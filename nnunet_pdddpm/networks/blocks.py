@@ -10,7 +10,7 @@ Time conditioning is one mechanism, used by every conv block of the encoder and 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.helper import maybe_convert_scalar_to_list
@@ -62,7 +62,11 @@ class TimeConditionedConvBlock(nn.Module):
 
 
 class TimeConditionedStack(nn.Module):
-    """``n_convs`` :class:`TimeConditionedConvBlock` s; only the first one is strided (nnU-Net's StackedConvBlocks)."""
+    """``n_convs`` :class:`TimeConditionedConvBlock` s; only the first one is strided (nnU-Net's StackedConvBlocks).
+
+    ``block_kwargs`` (``conv_bias``, ``norm_op``, ``norm_op_kwargs``, ``nonlin``, ``nonlin_kwargs``) go to every block
+    unchanged, so they are documented and defaulted once, on :class:`TimeConditionedConvBlock`.
+    """
 
     def __init__(
         self,
@@ -73,17 +77,12 @@ class TimeConditionedStack(nn.Module):
         kernel_size: int | Sequence[int],
         first_stride: int | Sequence[int],
         time_embed_dim: int,
-        conv_bias: bool = True,
-        norm_op: type | None = None,
-        norm_op_kwargs: dict | None = None,
-        nonlin: type | None = None,
-        nonlin_kwargs: dict | None = None,
+        **block_kwargs: Any,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             TimeConditionedConvBlock(conv_op, in_channels if i == 0 else out_channels, out_channels, kernel_size,
-                                     first_stride if i == 0 else 1, time_embed_dim, conv_bias, norm_op,
-                                     norm_op_kwargs, nonlin, nonlin_kwargs)
+                                     first_stride if i == 0 else 1, time_embed_dim, **block_kwargs)
             for i in range(n_convs)
         )
 

@@ -78,7 +78,7 @@ class TimeConditionedDecoder(nn.Module):
             below, skip = features_per_stage[-s], features_per_stage[-(s + 1)]
             self.transpconvs.append(transpconv_op(below, skip, strides[-s], strides[-s], bias=conv_bias))
             self.stages.append(TimeConditionedStack(n_conv_per_stage[s - 1], conv_op, 2 * skip, skip,
-                                                    kernel_sizes[-(s + 1)], 1, time_embed_dim, conv_bias,
+                                                    kernel_sizes[-(s + 1)], 1, time_embed_dim, conv_bias=conv_bias,
                                                     **block_kwargs))
             resolution_index = n_stages - 1 - s  # the encoder stage whose resolution this decoder stage has
             self.attentions.append(_attention_or_identity(resolution_index >= n_stages - attention_stages, conv_op,

@@ -7,6 +7,7 @@ can store them and be loaded with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import copy
 import pydoc
 from typing import Any
 
@@ -87,6 +88,21 @@ def attention_stages_at_most(configuration_manager: ConfigurationManager, max_si
     return max(1, sum(max(size) <= max_size for size in sizes))
 
 
+def with_features(configuration_manager: ConfigurationManager, base: int,
+                  cap: int | None = None) -> ConfigurationManager:
+    """A copy of ``configuration_manager`` whose stage ``i`` has ``min(base * 2**i, cap)`` features.
+
+    ``cap`` defaults to the plan's largest feature count. The copy is a whole configuration, so whatever builds a
+    network from it (ours, or nnU-Net's ``build_network_architecture``, at training and at inference) builds the
+    same width; the plans themselves are not changed.
+    """
+    configuration = copy.deepcopy(configuration_manager.configuration)
+    arch = configuration["architecture"]["arch_kwargs"]
+    cap = cap if cap is not None else max(arch["features_per_stage"])
+    arch["features_per_stage"] = [min(base * 2 ** i, cap) for i in range(arch["n_stages"])]
+    return ConfigurationManager(configuration)
+
+
 def denoiser_kwargs_from_plans(configuration_manager: ConfigurationManager, num_image_channels: int,
                                num_classes: int, base_features: int | None = None, max_features: int | None = None,
                                attention_stages: int = 1, num_heads: int = 1,
@@ -97,7 +113,7 @@ def denoiser_kwargs_from_plans(configuration_manager: ConfigurationManager, num_
         num_image_channels: image modalities; the denoiser's input is ``num_image_channels + num_classes`` channels.
         num_classes: channels of the mask encoding (one per class, as the trainer encodes ``x_0``).
         base_features: None keeps the plan's ``features_per_stage``; an int sets stage ``i`` to
-            ``min(base_features * 2**i, max_features)`` (the paper uses 128).
+            ``min(base_features * 2**i, max_features)`` (:func:`with_features`; the paper uses 128).
         max_features: cap for ``base_features``; default the plan's largest feature count.
         attention_stages: self-attention at this many coarsest stages (1: the bottleneck only).
         attention_max_size: when given, replaces ``attention_stages``: attention at every stage whose feature map
@@ -108,17 +124,16 @@ def denoiser_kwargs_from_plans(configuration_manager: ConfigurationManager, num_
         :func:`build_denoiser_from_kwargs`.
     """
     topology = plans_topology(configuration_manager)
-    features = topology["features_per_stage"]
+    if base_features is not None:
+        # narrowed after the check above: unsupported plans are refused in one sentence, not with a KeyError
+        topology = plans_topology(with_features(configuration_manager, base_features, max_features))
     if attention_max_size is not None:
         attention_stages = attention_stages_at_most(configuration_manager, attention_max_size)
-    if base_features is not None:
-        cap = max_features if max_features is not None else max(features)
-        features = [min(base_features * 2 ** i, cap) for i in range(topology["n_stages"])]
     return {
         "input_channels": int(num_image_channels) + int(num_classes),
         "num_classes": int(num_classes),
         "n_stages": topology["n_stages"],
-        "features_per_stage": features,
+        "features_per_stage": topology["features_per_stage"],
         "conv_op": topology["conv_op"],
         "kernel_sizes": topology["kernel_sizes"],
         "strides": topology["strides"],

@@ -1,1 +1,1 @@
-"""Folder scanned by nnU-Net through nnUNet_extTrainer (see trainers/discovery.py)."""
+"""Folder scanned by nnU-Net through nnUNet_extTrainer (see discovery.py)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import nullcontext
 from os.path import isdir
 
 import numpy as np
@@ -29,9 +28,8 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
-from torch._dynamo import OptimizedModule
 
-from nnunet_pdddpm.checkpoints import load_checkpoint_safe, save_checkpoint_atomic
+from nnunet_pdddpm.checkpoints import load_checkpoint_safe
 from nnunet_pdddpm.diffusion import (
     DiffusionConfig,
     diffuse,
@@ -42,20 +40,20 @@ from nnunet_pdddpm.diffusion import (
     start_index,
     training_target,
 )
+from nnunet_pdddpm.discovery import DEFAULT_PRE_SEGMENTER_TRAINER
 from nnunet_pdddpm.errors import PDDDPMUserError, install_excepthook
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs, denoiser_kwargs_from_plans
+from nnunet_pdddpm.precision import autocast
 from nnunet_pdddpm.trainers.ema import EMA
 from nnunet_pdddpm.trainers.pre_segmentation_errors import simulate_pre_segmentation_errors
-from nnunet_pdddpm.trainers.safe_checkpoints import nnunet_checkpoint
+from nnunet_pdddpm.trainers.safe_checkpoints import SafeCheckpointMixin
 from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
 from nnunet_pdddpm.trainers.update_guard import NonFiniteMonitor, make_adam, step_unless
-
-install_excepthook()
 
 PRE_SEGMENTATION_SOURCES = ("simulated", "pre_segmenter", "out_of_fold")
 
 
-class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
+class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
     # --- denoiser and diffusion (stored in checkpoints) ---
     diffusion_config: DiffusionConfig = DiffusionConfig()
     base_features: int | None = None  # None keeps the plan's features_per_stage; the paper used 128
@@ -68,7 +66,7 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
     t_prime: int = 300
     ensemble_size: int = 5
     sampler: str = "ddpm"
-    sampling_steps: int | None = None  # None: every step from T' to 0
+    steps: int | None = None  # network evaluations from T' to 0; None: every step
     # T' candidates of the final validation's sweep (automatic T', ``inference/t_prime_sweep.py``); () for none.
     # Values above the training timestep range are skipped.
     t_prime_sweep: tuple[int, ...] = (50, 100, 200, 300, 400, 500)
@@ -83,8 +81,9 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
     # case out segments it: the errors it makes on unseen cases; ``training_pre_segmenter.py``)
     pre_segmentation_errors: float = 0.0
     pre_segmentation_source: str = "simulated"
-    # pre-segmenters searched for the final validation, in this order (same dataset, plans, configuration, fold)
-    pre_segmenter_trainers: tuple[str, ...] = ("PDDDPMAttUNetTrainer", "nnUNetTrainer")
+    # pre-segmenters searched for the final validation, in this order (same dataset, plans, configuration, fold):
+    # nnunet_pdddpm_predict's default -preseg_tr first, then the paper's attention U-Net
+    pre_segmenter_trainers: tuple[str, ...] = (DEFAULT_PRE_SEGMENTER_TRAINER, "PDDDPMAttUNetTrainer")
     # --- throughput ---
     # (t, noise) draws per augmented image; the loader's batch shrinks by this factor so the network's batch
     # (images x draws) stays at most the plan's, and augmentation work per step falls by it
@@ -94,6 +93,7 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        install_excepthook()  # nnUNetv2_train is our entry point here: its user errors print one sentence
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
         self.initial_lr = 1e-4
@@ -182,10 +182,6 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
 
             self.training_pre_segmenter = load_training_pre_segmenter(self)
 
-    def _bare_network(self) -> nn.Module:
-        mod = self.network.module if self.is_ddp else self.network
-        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
-
     def _set_batch_size_and_oversample(self) -> None:
         """nnU-Net's (per-GPU) batch, divided between images and ``noise_draws_per_image`` draws of each."""
         super()._set_batch_size_and_oversample()
@@ -222,7 +218,7 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
         """nnU-Net's plot calls the network with one input; the denoiser also needs timesteps."""
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        return autocast(self.device)
 
     # ---------------------------------------------------------------- training
     def _noisy_input(self, data: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
@@ -343,39 +339,28 @@ class PDDDPMTrainer(SeededTrainingMixin, nnUNetTrainer):
             "labels": self.labels,
             "num_image_channels": self.num_input_channels,
             "sampling": {"t_prime": self.t_prime, "ensemble_size": self.ensemble_size, "sampler": self.sampler,
-                         "steps": self.sampling_steps},
+                         "steps": self.steps},
             "training": {"timestep_range": self.max_training_timestep,
                          "pre_segmentation_errors": self.pre_segmentation_errors,
                          "pre_segmentation_source": self.pre_segmentation_source},
         }
 
-    def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        checkpoint = {**nnunet_checkpoint(self, self._bare_network()), "ema": self.ema.state_dict(),
-                      "pdddpm": self.pdddpm_settings()}
-        save_checkpoint_atomic(checkpoint, filename)
+    def checkpoint_contents(self) -> dict:
+        """nnU-Net's keys (written by :class:`SafeCheckpointMixin`), the EMA weights, and what inference needs."""
+        return {**super().checkpoint_contents(), "ema": self.ema.state_dict(), "pdddpm": self.pdddpm_settings()}
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """Resume from our own checkpoint (safe unpickler; nnU-Net's loader uses ``weights_only=False``)."""
-        if not self.was_initialized:
-            self.initialize()
+        """Resume from our own checkpoint: nnU-Net's fields (:class:`SafeCheckpointMixin`), then the EMA weights.
+
+        A file is read here rather than by the mixin: ours hold plain data only, so the safe unpickler needs no
+        allow-list and there is nothing to opt in to.
+        """
         checkpoint = (load_checkpoint_safe(filename_or_checkpoint, map_location=self.device)
                       if isinstance(filename_or_checkpoint, (str, os.PathLike)) else filename_or_checkpoint)
-        if "ema" not in checkpoint:
+        if "ema" not in checkpoint:  # before any weights load: one sentence rather than a state-dict mismatch
             raise PDDDPMUserError(f"{filename_or_checkpoint} is not a PDDDPMTrainer checkpoint (no EMA weights).")
-        weights = {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint["network_weights"].items()}
-        self._bare_network().load_state_dict(weights)
+        super().load_checkpoint(checkpoint)
         self.ema.load_state_dict(checkpoint["ema"])
-        self.current_epoch = checkpoint["current_epoch"]
-        self.logger.load_checkpoint(checkpoint["logging"])
-        self._best_ema = checkpoint["_best_ema"]
-        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
-                                                               self.inference_allowed_mirroring_axes)
-        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
 
     # ---------------------------------------------------------------- final validation
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:

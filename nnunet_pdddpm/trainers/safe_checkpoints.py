@@ -5,6 +5,8 @@
 :class:`SafeCheckpointMixin` keeps nnU-Net's keys and meaning, so nnU-Net's tools still read the files,
 but writes them through :func:`save_checkpoint_atomic` (they load with ``torch.load(weights_only=True)``
 and no allow-list) and resumes through :func:`load_nnunet_checkpoint` (older files with numpy scalars too).
+A trainer with more to store (``PDDDPMTrainer``: EMA weights and its settings) extends
+:meth:`SafeCheckpointMixin.checkpoint_contents` and :meth:`SafeCheckpointMixin.load_checkpoint`.
 """
 from __future__ import annotations
 
@@ -17,7 +19,11 @@ from nnunet_pdddpm.checkpoints import load_nnunet_checkpoint, save_checkpoint_at
 
 
 def nnunet_checkpoint(trainer, network: nn.Module) -> dict:
-    """The keys and values ``nnUNetTrainer.save_checkpoint`` writes, for ``network`` (without a compile wrapper)."""
+    """The keys and values ``nnUNetTrainer.save_checkpoint`` writes, for ``network`` (without a compile wrapper).
+
+    Re-typed from nnU-Net 2.8.1, which builds this dict inside ``save_checkpoint`` and ``torch.save``s it in the
+    same breath: there is no call that returns it without writing a file that needs ``weights_only=False``.
+    """
     return {
         "network_weights": network.state_dict(),
         "optimizer_state": trainer.optimizer.state_dict(),
@@ -34,23 +40,32 @@ def nnunet_checkpoint(trainer, network: nn.Module) -> dict:
 class SafeCheckpointMixin:
     """Put before ``nnUNetTrainer`` in the bases of a trainer whose checkpoints should be plain data."""
 
+    def checkpoint_contents(self) -> dict:
+        """What :meth:`save_checkpoint` writes: nnU-Net's keys; a trainer with more to store adds its own."""
+        return nnunet_checkpoint(self, self._bare_network())
+
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
-        save_checkpoint_atomic(nnunet_checkpoint(self, _bare_network(self)), filename)
+        save_checkpoint_atomic(self.checkpoint_contents(), filename)
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """Resume as nnU-Net does (``nnUNetv2_train --c``), from a file or an already loaded dict."""
+        """Resume as nnU-Net does (``nnUNetv2_train --c``), from a file or an already loaded dict.
+
+        The body is ``nnUNetTrainer.load_checkpoint`` after its ``torch.load``, re-typed because nnU-Net's cannot be
+        called: given a file it unpickles with ``weights_only=False`` (runs whatever the file names), and given a
+        dict (2.8.1) it fails, its ``checkpoint`` variable being bound only in the file branch.
+        """
         if not self.was_initialized:
             self.initialize()
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, (str, os.PathLike)):
             checkpoint = load_nnunet_checkpoint(checkpoint, map_location=self.device,
                                                 trust_checkpoints=trust_checkpoints_from_env())
-        network = _bare_network(self)
+        network = self._bare_network()
         own = network.state_dict().keys()
         network.load_state_dict({k[7:] if k not in own and k.startswith("module.") else k: v
                                  for k, v in checkpoint["network_weights"].items()})
@@ -64,8 +79,7 @@ class SafeCheckpointMixin:
         if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
 
-
-def _bare_network(trainer) -> nn.Module:
-    """The network without DDP and ``torch.compile`` wrappers (whose state-dict keys differ)."""
-    mod = trainer.network.module if trainer.is_ddp else trainer.network
-    return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+    def _bare_network(self) -> nn.Module:
+        """The network without DDP and ``torch.compile`` wrappers (whose state-dict keys differ)."""
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod

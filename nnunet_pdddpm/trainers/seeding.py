@@ -2,7 +2,7 @@
 
 nnU-Net does not seed training: weights are initialised from the process's random state and every data
 augmentation worker seeds itself from the operating system (``NonDetMultiThreadedAugmenter(seeds=None)``).
-With ``nnunet_pdddpm_seed=N`` in the environment (``nnunet_pdddpm_demo --seed`` and the fidelity benchmark
+With ``nnunet_pdddpm_seed=N`` in the environment (``nnunet_pdddpm_demo -seed`` and the fidelity benchmark
 set it), :class:`SeededTrainingMixin` seeds Python, NumPy and PyTorch before the network is built and
 restarts the augmentation workers with seeds derived from N. With one worker (what the demo uses on two
 cores) the batches are then reproducible; with several, their interleaving still is not (nnU-Net's

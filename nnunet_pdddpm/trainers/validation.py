@@ -10,7 +10,7 @@ and steps (skipped, with a message, for a denoiser trained on part of the timest
 
 With a pre-segmenter and ``trainer.t_prime_sweep`` candidates, T' is chosen first: PD-DDPM with a fast
 sampler for each candidate on the same validation cases (``inference/t_prime_sweep.py``); the best goes to
-``fold_X/pdddpm_t_prime.json``, which ``nnunet_pdddpm_predict`` uses when ``--t_prime`` is not given, and
+``fold_X/pdddpm_t_prime.json``, which ``nnunet_pdddpm_predict`` uses when ``-t_prime`` is not given, and
 the validation itself then runs at that T'.
 
 The pre-segmenter's checkpoint is read without running code (``nnunet_pdddpm/checkpoints.py``); only with
@@ -29,12 +29,13 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 
 from nnunet_pdddpm.checkpoints import trust_checkpoints_from_env
-from nnunet_pdddpm.inference.export import UNCERTAINTY_SUFFIX, export_case
+from nnunet_pdddpm.inference.export import export_case
 from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter
-from nnunet_pdddpm.inference.predictor import UNCERTAINTY_FOLDER, PDDDPMPredictor
+from nnunet_pdddpm.inference.predictor import PDDDPMPredictor
 from nnunet_pdddpm.inference.settings import SamplingSettings
 from nnunet_pdddpm.inference.t_prime_sweep import T_PRIME_FILE, sweep_t_prime, write_sweep
 from nnunet_pdddpm.io_utils import write_json_atomic
+from nnunet_pdddpm.output_names import UNCERTAINTY_FOLDER, UNCERTAINTY_SUFFIX
 
 
 def find_pre_segmenter_folder(trainer) -> str | None:
@@ -54,7 +55,7 @@ def sweep_settings(settings: SamplingSettings) -> SamplingSettings:
     return replace(settings, steps=settings.steps or 10)
 
 
-def run_t_prime_sweep(trainer, predictor, dataset_val, settings: SamplingSettings) -> int:
+def run_t_prime_sweep(trainer, predictor, dataset_val, settings: SamplingSettings, pre_segmentation) -> int:
     candidates = [t for t in trainer.t_prime_sweep if 0 < t <= trainer.max_training_timestep]
     fast = sweep_settings(settings)
     trainer.print_to_log_file(f"T' sweep over {candidates} on {len(dataset_val.identifiers)} validation cases "
@@ -65,20 +66,19 @@ def run_t_prime_sweep(trainer, predictor, dataset_val, settings: SamplingSetting
             data, seg, _, properties = dataset_val.load_case(key)
             yield key, torch.from_numpy(data[:]), properties, trainer._label_indices(torch.from_numpy(seg[:]))[0]
 
-    sweep = sweep_t_prime(predictor, cases(), candidates, fast)
+    sweep = sweep_t_prime(predictor, cases(), candidates, fast, pre_segmentation)
     write_sweep(sweep, trainer.output_folder)
     curve = ", ".join(f"{t}: {d:.4f}" for t, d in zip(sweep["candidates"], sweep["dice"]))
     trainer.print_to_log_file(f"T' sweep Dice {{{curve}}}; best T'={sweep['t_prime']} (written to "
-                              f"{T_PRIME_FILE}; nnunet_pdddpm_predict uses it unless --t_prime is given)",
+                              f"{T_PRIME_FILE}; nnunet_pdddpm_predict uses it unless -t_prime is given)",
                               also_print_to_console=True)
     return sweep["t_prime"]
 
 
 def run_final_validation(trainer, save_probabilities: bool = False) -> None:
-    settings = SamplingSettings(t_prime=trainer.t_prime, ensemble_size=trainer.ensemble_size,
-                                sampler=trainer.sampler, steps=trainer.sampling_steps)
     pre_folder = find_pre_segmenter_folder(trainer)
-    settings.vanilla = pre_folder is None
+    settings = SamplingSettings(t_prime=trainer.t_prime, ensemble_size=trainer.ensemble_size,
+                                sampler=trainer.sampler, steps=trainer.steps, vanilla=pre_folder is None)
     if settings.vanilla and trainer.max_training_timestep < trainer.diffusion_config.num_train_timesteps:
         trainer.print_to_log_file(
             f"Final validation skipped: no pre-segmenter ({', '.join(trainer.pre_segmenter_trainers)}) was found for "
@@ -95,12 +95,14 @@ def run_final_validation(trainer, save_probabilities: bool = False) -> None:
     if trainer.is_ddp:
         val_keys = val_keys[trainer.local_rank::dist.get_world_size()]
     dataset_val = trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys)
+    pre_segmentation = None
     if pre_folder is not None:
-        predictor.set_pre_segmenter(ModelPreSegmenter(pre_folder, [trainer.fold], "checkpoint_final.pth",
-                                                      trainer.device, trust_checkpoints=trust_checkpoints_from_env()))
+        pre_segmentation = ModelPreSegmenter(pre_folder, [trainer.fold], "checkpoint_final.pth", trainer.device,
+                                             trust_checkpoints=trust_checkpoints_from_env())
+        predictor.check_pre_segmentation(pre_segmentation)
         if trainer.t_prime_sweep and not trainer.is_ddp:
-            settings.t_prime = run_t_prime_sweep(trainer, predictor, dataset_val, settings)
-            predictor.sampling = settings
+            t_prime = run_t_prime_sweep(trainer, predictor, dataset_val, settings, pre_segmentation)
+            settings = replace(settings, t_prime=t_prime)
         how = f"PD-DDPM from pre-segmenter {pre_folder} (T'={settings.t_prime})"
     else:
         how = "vanilla DDPM from noise at T (no pre-segmenter found: fallback)"
@@ -113,7 +115,7 @@ def run_final_validation(trainer, save_probabilities: bool = False) -> None:
     for key in dataset_val.identifiers:
         trainer.print_to_log_file(f"predicting {key}")
         data, _, _, properties = dataset_val.load_case(key)
-        result = predictor.predict_case(torch.from_numpy(data[:]), properties, key)
+        result = predictor.predict_case(torch.from_numpy(data[:]), properties, key, settings, pre_segmentation)
         export_case(result.probabilities, result.uncertainty, properties, trainer.plans_manager,
                     trainer.configuration_manager, trainer.dataset_json, join(out, key), save_probabilities,
                     join(out, UNCERTAINTY_FOLDER, key + UNCERTAINTY_SUFFIX + ending))

@@ -12,10 +12,16 @@ with simulated pre-segmenter errors (``pre_segmentation_errors.py``). ``_seg`` r
 fitted with nnU-Net's Dice + CE; ``_preseg`` and ``_oof`` add the pre-segmenter's own predictions of the training
 patches (its fold, or the fold that held each case out; ``training_pre_segmenter.py``). ``nnUNetTrainer_demoCPU``
 and ``_long`` are plain nnU-Net at the demo's segmenter budget and at PD-DDPM's total budget: the yardsticks.
+
+The same option exists for several regimes (the paper's, ``_tiny``, ``_demoCPU``), so each option is one mixin
+below (``_PredictsX0``, ``_SimulatedErrors``, ...) and a variant names its regime and its options as bases; only
+the timestep range, which is the regime's, is set in the variant itself. The run length, learning rate and
+foreground oversampling are instance attributes that ``nnUNetTrainer.__init__`` sets; a variant states them in
+``init_settings`` (:class:`_InitSettings`) instead of repeating an ``__init__``.
 """
 from __future__ import annotations
 
-import copy
+from typing import Any, Mapping
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -23,52 +29,99 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_pdddpm.diffusion import DiffusionConfig
+from nnunet_pdddpm.networks.from_plans import with_features
 from nnunet_pdddpm.trainers.attunet_trainer import PDDDPMAttUNetTrainer
 from nnunet_pdddpm.trainers.pdddpm_trainer import PDDDPMTrainer
 from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
 
 
-class PDDDPMTrainer_tiny(PDDDPMTrainer):
+# ---------------------------------------------------------------- mixins (put before the trainer in the bases)
+class _InitSettings:
+    """Sets ``init_settings`` after the trainer's ``__init__``: nnU-Net keeps the run length, learning rate and
+    foreground oversampling in instance attributes that its ``__init__`` sets, not in class attributes."""
+
+    init_settings: Mapping[str, Any] = {}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # the parameter names are nnU-Net's: it records them (inspect.signature of __init__) as the checkpoint's
+        # init_args
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        for name, value in self.init_settings.items():
+            if not hasattr(self, name):  # every name is one nnU-Net's __init__ sets: anything else is a typo
+                raise AttributeError(f"{type(self).__name__}.init_settings names {name!r}, which the trainer "
+                                     f"does not have")
+            setattr(self, name, value)
+
+
+class _PredictsX0:
+    """The network predicts the clean mask instead of the paper's noise."""
+
+    diffusion_config = DiffusionConfig(prediction_type="sample")
+
+
+class _PredictsV:
+    """The network predicts the velocity instead of the paper's noise."""
+
+    diffusion_config = DiffusionConfig(prediction_type="v_prediction")
+
+
+class _SegmentationOutput:
+    """The clean mask as class logits (softmax), fitted with nnU-Net's Dice + CE loss."""
+
+    diffusion_config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
+
+
+class _SimulatedErrors:
+    """Half of the samples diffused from a mask with simulated pre-segmenter errors (needs a clean-mask target)."""
+
+    pre_segmentation_errors = 0.5
+
+
+class _PreSegmenterErrors:
+    """Half of the samples diffused from the pre-segmenter's own prediction of the patch (needs a clean-mask
+    target)."""
+
+    pre_segmentation_errors = 0.5
+    pre_segmentation_source = "pre_segmenter"
+
+
+class _OutOfFoldErrors(_PreSegmenterErrors):
+    """:class:`_PreSegmenterErrors` with out-of-fold predictions: each case segmented by the pre-segmenter fold that
+    held it out (needs every fold of the pre-segmenter)."""
+
+    pre_segmentation_source = "out_of_fold"
+
+
+_TINY_RUN = {"num_epochs": 2, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 2}
+
+
+# ---------------------------------------------------------------- tests and quick checks
+class PDDDPMTrainer_tiny(_InitSettings, PDDDPMTrainer):
     base_features = 8
     max_features = 32
     t_prime = 20
     ensemble_size = 2
     sampler = "ddim"
-    sampling_steps = 4
+    steps = 4
     t_prime_sweep = (5, 10, 20)
     pre_segmenter_trainers = ("PDDDPMAttUNetTrainer_tiny", "PDDDPMAttUNetTrainer", "nnUNetTrainer")
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 4
-        self.num_val_iterations_per_epoch = 2
-        self.initial_lr = 1e-3
+    init_settings = {**_TINY_RUN, "initial_lr": 1e-3}
 
 
-class PDDDPMTrainer_tiny_aware(PDDDPMTrainer_tiny):
-    diffusion_config = DiffusionConfig(prediction_type="sample")
+class PDDDPMTrainer_tiny_aware(_PredictsX0, _SimulatedErrors, PDDDPMTrainer_tiny):
     timestep_range = 40
-    pre_segmentation_errors = 0.5
 
 
-class PDDDPMTrainer_tiny_preseg(PDDDPMTrainer_tiny):
-    diffusion_config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
+class PDDDPMTrainer_tiny_preseg(_SegmentationOutput, _PreSegmenterErrors, PDDDPMTrainer_tiny):
     timestep_range = 40
-    pre_segmentation_errors = 0.5
-    pre_segmentation_source = "pre_segmenter"
 
 
-class PDDDPMAttUNetTrainer_tiny(PDDDPMAttUNetTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 4
-        self.num_val_iterations_per_epoch = 2
+class PDDDPMAttUNetTrainer_tiny(_InitSettings, PDDDPMAttUNetTrainer):
+    init_settings = _TINY_RUN
 
 
+# ---------------------------------------------------------------- the paper's regime
 class PDDDPMTrainer_w128(PDDDPMTrainer):
     base_features = 128
 
@@ -88,45 +141,38 @@ class PDDDPMTrainer_4draws(PDDDPMTrainer):
     noise_draws_per_image = 4
 
 
-class PDDDPMTrainer_x0(PDDDPMTrainer):
-    diffusion_config = DiffusionConfig(prediction_type="sample")
+class PDDDPMTrainer_x0(_PredictsX0, PDDDPMTrainer):
+    pass
 
 
-class PDDDPMTrainer_v(PDDDPMTrainer):
-    diffusion_config = DiffusionConfig(prediction_type="v_prediction")
+class PDDDPMTrainer_v(_PredictsV, PDDDPMTrainer):
+    pass
 
 
 class PDDDPMTrainer_tmax(PDDDPMTrainer):
     timestep_range = 500
 
 
-class PDDDPMTrainer_aware(PDDDPMTrainer):
-    diffusion_config = DiffusionConfig(prediction_type="sample")
+class PDDDPMTrainer_aware(_PredictsX0, _SimulatedErrors, PDDDPMTrainer):
     timestep_range = 500
-    pre_segmentation_errors = 0.5
 
 
-class PDDDPMTrainer_seg(PDDDPMTrainer):
+class PDDDPMTrainer_seg(_SegmentationOutput, PDDDPMTrainer):
     """The clean mask as class logits (softmax), fitted with nnU-Net's Dice + CE loss."""
 
-    diffusion_config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
 
-
-class PDDDPMTrainer_preseg(PDDDPMTrainer_seg):
+class PDDDPMTrainer_preseg(_PreSegmenterErrors, PDDDPMTrainer_seg):
     """``_seg``, t < 500, half of the samples diffused from the pre-segmenter's own prediction of the patch."""
 
     timestep_range = 500
-    pre_segmentation_errors = 0.5
-    pre_segmentation_source = "pre_segmenter"
 
 
-class PDDDPMTrainer_oof(PDDDPMTrainer_preseg):
+class PDDDPMTrainer_oof(_OutOfFoldErrors, PDDDPMTrainer_preseg):
     """``_preseg`` with out-of-fold predictions (needs every fold of the pre-segmenter)."""
 
-    pre_segmentation_source = "out_of_fold"
 
-
-class PDDDPMTrainer_demoCPU(PDDDPMTrainer):
+# ---------------------------------------------------------------- the CPU demo
+class PDDDPMTrainer_demoCPU(_InitSettings, PDDDPMTrainer):
     """The CPU demo's denoiser: narrow, 300 iterations at a higher learning rate than the paper's 1e-4.
 
     Every patch holds lesion voxels (``oversample_foreground_percent = 1``): in a few hundred
@@ -140,21 +186,14 @@ class PDDDPMTrainer_demoCPU(PDDDPMTrainer):
     t_prime = 100
     ensemble_size = 3
     sampler = "ddim"
-    sampling_steps = 5
+    steps = 5
     t_prime_sweep = (50, 100, 200, 300)
     pre_segmenter_trainers = ("PDDDPMAttUNetTrainer_demoCPU", "PDDDPMAttUNetTrainer", "nnUNetTrainer")
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 12
-        self.num_iterations_per_epoch = 25
-        self.num_val_iterations_per_epoch = 2
-        self.oversample_foreground_percent = 1.0
-        self.initial_lr = 1e-3
+    init_settings = {"num_epochs": 12, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 2,
+                       "oversample_foreground_percent": 1.0, "initial_lr": 1e-3}
 
 
-class _DemoCPUSegmenterBudget:
+class _DemoCPUSegmenterBudget(_InitSettings):
     """The CPU demo's segmentation budget (mixin, before the trainer): 800 iterations of at most 6 patches, every
     patch with lesion voxels, the plan's network narrowed to 16-128 features.
 
@@ -169,14 +208,8 @@ class _DemoCPUSegmenterBudget:
     base_features = 16
     max_features = 128
     max_batch_size = 6
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 32
-        self.num_iterations_per_epoch = 25
-        self.num_val_iterations_per_epoch = 2
-        self.oversample_foreground_percent = 1.0
+    init_settings = {"num_epochs": 32, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 2,
+                       "oversample_foreground_percent": 1.0}
 
     def _set_batch_size_and_oversample(self) -> None:
         super()._set_batch_size_and_oversample()
@@ -186,7 +219,7 @@ class _DemoCPUSegmenterBudget:
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        narrow = _with_features(configuration_manager, cls.base_features, cls.max_features)
+        narrow = with_features(configuration_manager, cls.base_features, cls.max_features)
         return super().build_network_architecture(plans_manager, narrow, num_input_channels, num_output_channels,
                                                   enable_deep_supervision)
 
@@ -195,51 +228,43 @@ class PDDDPMAttUNetTrainer_demoCPU(_DemoCPUSegmenterBudget, PDDDPMAttUNetTrainer
     """The CPU demo's pre-segmenter: the paper's attention U-Net at the demo's budget."""
 
 
-class PDDDPMTrainer_demoCPU_x0(PDDDPMTrainer_demoCPU):
-    diffusion_config = DiffusionConfig(prediction_type="sample")
+class PDDDPMTrainer_demoCPU_x0(_PredictsX0, PDDDPMTrainer_demoCPU):
+    pass
 
 
-class PDDDPMTrainer_demoCPU_v(PDDDPMTrainer_demoCPU):
-    diffusion_config = DiffusionConfig(prediction_type="v_prediction")
+class PDDDPMTrainer_demoCPU_v(_PredictsV, PDDDPMTrainer_demoCPU):
+    pass
 
 
 class PDDDPMTrainer_demoCPU_tmax(PDDDPMTrainer_demoCPU):
     timestep_range = 200  # twice the CPU demo's T' = 100
 
 
-class PDDDPMTrainer_demoCPU_aware(PDDDPMTrainer_demoCPU):
-    diffusion_config = DiffusionConfig(prediction_type="sample")
+class PDDDPMTrainer_demoCPU_aware(_PredictsX0, _SimulatedErrors, PDDDPMTrainer_demoCPU):
     timestep_range = 200
-    pre_segmentation_errors = 0.5
 
 
-class PDDDPMTrainer_demoCPU_seg(PDDDPMTrainer_demoCPU):
+class PDDDPMTrainer_demoCPU_seg(_SegmentationOutput, PDDDPMTrainer_demoCPU):
     """x0 as class logits (softmax), fitted with nnU-Net's Dice + CE; t below the sweep's largest T'."""
 
-    diffusion_config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
     timestep_range = 300
 
 
-class PDDDPMTrainer_demoCPU_segaware(PDDDPMTrainer_demoCPU_seg):
+class PDDDPMTrainer_demoCPU_segaware(_SimulatedErrors, PDDDPMTrainer_demoCPU_seg):
     """``_seg`` with half of the samples diffused from simulated pre-segmenter errors, t < 500, sweep to 500."""
 
     timestep_range = 500
     t_prime_sweep = (50, 100, 200, 300, 400, 500)
-    pre_segmentation_errors = 0.5
 
 
-class PDDDPMTrainer_demoCPU_preseg(PDDDPMTrainer_demoCPU_seg):
+class PDDDPMTrainer_demoCPU_preseg(_PreSegmenterErrors, PDDDPMTrainer_demoCPU_seg):
     """``_seg``, and half of the samples diffused from the attention U-Net pre-segmenter's own prediction."""
 
-    pre_segmentation_errors = 0.5
-    pre_segmentation_source = "pre_segmenter"
 
-
-class PDDDPMTrainer_demoCPU_oof(PDDDPMTrainer_demoCPU_preseg):
+class PDDDPMTrainer_demoCPU_oof(_OutOfFoldErrors, PDDDPMTrainer_demoCPU_preseg):
     """``_preseg`` with out-of-fold predictions: each training case segmented by the attention U-Net fold that held
     it out (needs its other folds trained)."""
 
-    pre_segmentation_source = "out_of_fold"
     pre_segmenter_trainers = ("PDDDPMAttUNetTrainer_demoCPU",)
 
 
@@ -258,36 +283,19 @@ class nnUNetTrainer_demoCPU_long(nnUNetTrainer_demoCPU):
     """Plain nnU-Net with the training samples of the CPU demo's pre-segmenter and denoiser together (800 x 6 + 300 x
     13 patches = 1450 iterations of 6): PD-DDPM's yardstick at the same training budget."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 58
+    init_settings = {**nnUNetTrainer_demoCPU.init_settings, "num_epochs": 58}
 
 
-class PDDDPMTrainer_demoGPU(PDDDPMTrainer):
+# ---------------------------------------------------------------- the GPU demo
+class PDDDPMTrainer_demoGPU(_InitSettings, PDDDPMTrainer):
     """The GPU demo's denoiser: the paper's sampling (T'=300, ensemble 5, DDPM), 100 epochs of 250 iterations."""
 
     base_features = 64
     pre_segmenter_trainers = ("PDDDPMAttUNetTrainer_demoGPU", "PDDDPMAttUNetTrainer", "nnUNetTrainer")
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 100
+    init_settings = {"num_epochs": 100}
 
 
-class PDDDPMAttUNetTrainer_demoGPU(PDDDPMAttUNetTrainer):
+class PDDDPMAttUNetTrainer_demoGPU(_InitSettings, PDDDPMAttUNetTrainer):
     """The GPU demo's pre-segmenter: the plans' attention U-Net, 100 epochs of 250 iterations."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 100
-
-
-def _with_features(configuration_manager: ConfigurationManager, base: int, cap: int) -> ConfigurationManager:
-    """A copy of ``configuration_manager`` whose stage ``i`` has ``min(base * 2**i, cap)`` features."""
-    configuration = copy.deepcopy(configuration_manager.configuration)
-    arch = configuration["architecture"]["arch_kwargs"]
-    arch["features_per_stage"] = [min(base * 2 ** i, cap) for i in range(arch["n_stages"])]
-    return ConfigurationManager(configuration)
+    init_settings = {"num_epochs": 100}

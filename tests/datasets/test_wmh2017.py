@@ -101,7 +101,7 @@ def convert(root, env, *flags, check=True):
 def converted(wmh_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("nnunet")
     env = nnunet_env(base)
-    proc = convert(wmh_root, env, "--paper_split", "0")
+    proc = convert(wmh_root, env, "-paper_split", "0")
     return base, env, proc
 
 
@@ -195,7 +195,7 @@ def test_evaluation_with_the_kept_masks_equals_the_challenge_rule(wmh_root, conv
         (original / f"{case}.nii.gz").write_bytes(src.read_bytes())
     run(["nnunet_pdddpm_evaluate", "-ref", folder / "labelsTs", "-pred", pred, "-exclude",
          folder / "otherPathologyTs", "-l", "1", "-o", tmp_path / "converted.json"], env)
-    run(["nnunet_pdddpm_evaluate", "-ref", original, "-pred", pred, "--exclude_label", "2", "-l", "1", "-o",
+    run(["nnunet_pdddpm_evaluate", "-ref", original, "-pred", pred, "-exclude_label", "2", "-l", "1", "-o",
          tmp_path / "original.json"], env)
     got, expected = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("converted", "original"))
     assert [c["metrics"] for c in got["metric_per_case"]] == [c["metrics"] for c in expected["metric_per_case"]]
@@ -252,12 +252,12 @@ def test_refusals_leave_nothing_behind(wmh_root, tmp_path):
     assert_refused(convert(wmh_root, env, "-n", "Other", "--overwrite", check=False), "already uses dataset id")
     assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == before == ["Utrecht_0_0000.nii.gz",
                                                                                  "Utrecht_0_0001.nii.gz"]
-    assert_refused(convert(shifted, env, "--paper_split", "0", "--overwrite", check=False), "at least 5")
+    assert_refused(convert(shifted, env, "-paper_split", "0", "--overwrite", check=False), "at least 5")
     assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == before
-    convert(wmh_root, env, "--overwrite", "--paper_split", "1", "--disable_progress_bar")
+    convert(wmh_root, env, "--overwrite", "-paper_split", "1", "--disable_progress_bar")
     assert len(list((dataset / "imagesTr").iterdir())) == 2 * len(TRAINING)
     assert sorted(p.name for p in raw.iterdir()) == [DATASET]
     # the split is not replaced silently either
     (tmp_path / "raw" / DATASET).rename(tmp_path / "moved")
-    assert_refused(convert(wmh_root, env, "--paper_split", "2", check=False), "splits_final.json", "--overwrite")
+    assert_refused(convert(wmh_root, env, "-paper_split", "2", check=False), "splits_final.json", "--overwrite")
     assert not (raw / DATASET).exists()

@@ -146,13 +146,14 @@ def test_profile_is_an_overridable_dataclass():
     custom = dataclasses.replace(PROFILES["small"], num_train=3, in_plane_spacing=4.0, slice_thickness=6.0)
     assert isinstance(custom, DemoProfile)
     assert custom.shape == (45, 54, 30)
-    assert PROFILES["small"].shape == (90, 108, 60) and PROFILES["full"].shape == (180, 216, 60)
+    assert PROFILES["small"].shape == (90, 108, 60) and PROFILES["gpu"].shape == (180, 216, 60)
+    assert PROFILES["cpu"].shape == (58, 70, 20)
     with pytest.raises(PDDDPMUserError):
         make_demo_dataset("unused", dataclasses.replace(TINY, num_train=0))
 
 
 def test_cli_writes_dataset_and_prints_next_command(tmp_path: Path, capsys):
-    argv = ["-o", str(tmp_path), "--profile", "tiny", "--num_train", "2", "--num_test", "1", "-d", "988", "--seed", "2"]
+    argv = ["-o", str(tmp_path), "-profile", "tiny", "-num_train", "2", "-num_test", "1", "-d", "988", "-seed", "2"]
     main([*argv, "-np", "1"])
     out = capsys.readouterr().out
     folder = tmp_path / "Dataset988_PDDDPMDemo"
@@ -165,10 +166,10 @@ def test_cli_writes_dataset_and_prints_next_command(tmp_path: Path, capsys):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--profile", "tiny", "-d", "1000"],
-        ["--profile", "tiny", "--num_train", "0"],
-        ["--profile", "tiny", "-np", "0"],
-        ["--profile", "huge"],
+        ["-profile", "tiny", "-d", "1000"],
+        ["-profile", "tiny", "-num_train", "0"],
+        ["-profile", "tiny", "-np", "0"],
+        ["-profile", "huge"],
     ],
 )
 def test_cli_bad_input_exits_2(tmp_path: Path, capsys, argv):
@@ -182,7 +183,7 @@ def test_cli_bad_input_exits_2(tmp_path: Path, capsys, argv):
 def test_cli_needs_output_or_nnunet_raw(monkeypatch, capsys):
     monkeypatch.delenv("nnUNet_raw", raising=False)
     with pytest.raises(SystemExit) as e:
-        main(["--profile", "tiny"])
+        main(["-profile", "tiny"])
     assert e.value.code == 2
     assert "nnUNet_raw" in capsys.readouterr().err
 
@@ -192,5 +193,5 @@ def test_cli_help_explains_flags(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--output", "--profile", "--seed", "--dataset_id", "--name", "--num_train", "--num_test", "-np"):
+    for flag in ("--output", "-profile", "-seed", "--dataset_id", "--name", "-num_train", "-num_test", "-np"):
         assert flag in out

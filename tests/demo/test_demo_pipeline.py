@@ -62,12 +62,12 @@ def test_configuration_flag_reaches_the_pipeline(monkeypatch):
 
     seen = []
     monkeypatch.setattr(pipeline, "run_demo", lambda workdir, profile, *args: seen.append(profile))
-    demo.main(["--profile", "tiny", "-c", "3d_fullres", "-device", "cpu", "-o", "unused"])
+    demo.main(["-profile", "tiny", "-c", "3d_fullres", "-device", "cpu", "-o", "unused"])
     assert seen[0].configuration == "3d_fullres" and seen[0].name == "tiny"
 
 
 def test_help_explains_every_flag():
     out = subprocess.run([sys.executable, "-m", "nnunet_pdddpm.cli.demo", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for flag in ("--output", "--profile", "-c", "-device", "--num_processes", "--figures"):
+    for flag in ("--output", "-profile", "-c", "-device", "--num_processes", "-figures"):
         assert flag in out

@@ -82,7 +82,7 @@ def run(dirs, tmp_path, *flags):
 def test_summary_json_and_csv(dataset, tmp_path, capsys):
     dirs, cases, extra = dataset
     summary, out = run(dirs, tmp_path, "-unc", str(dirs["unc"]), "-prob", str(dirs["prob"]), "-l", "1",
-                       "--exclude_label", "2")
+                       "-exclude_label", "2")
     assert summary["labels"] == [1] and summary["n_cases"] == 3 and summary["missing_cases"] == []
     geometry = Geometry(SPACING, ORIGIN, DIRECTION)
     per_case = {c["case"]: c["metrics"]["1"] for c in summary["metric_per_case"]}
@@ -146,10 +146,10 @@ def test_missing_case_errors_or_is_listed(dataset, tmp_path, capsys):
     dirs, _, _ = dataset
     (dirs["pred"] / "b.nii.gz").unlink()
     with pytest.raises(SystemExit) as exc:
-        run(dirs, tmp_path, "-l", "1", "--exclude_label", "2")
+        run(dirs, tmp_path, "-l", "1", "-exclude_label", "2")
     err = error_line(capsys.readouterr().err)
     assert exc.value.code == 2 and err.startswith("error:") and "b (b.nii.gz)" in err
-    summary, _ = run(dirs, tmp_path, "-l", "1", "--exclude_label", "2", "--allow_missing")
+    summary, _ = run(dirs, tmp_path, "-l", "1", "-exclude_label", "2", "--allow_missing")
     assert summary["missing_cases"] == ["b"] and summary["n_cases"] == 2
 
 
@@ -170,7 +170,7 @@ def test_bad_prediction_exits_2_naming_the_case(dataset, tmp_path, capsys, probl
         pred[0, 0, 0] = 3
         write(pred, path)
     with pytest.raises(SystemExit) as exc:
-        run(dirs, tmp_path, "-l", "1", "--exclude_label", "2")
+        run(dirs, tmp_path, "-l", "1", "-exclude_label", "2")
     err = error_line(capsys.readouterr().err)
     assert exc.value.code == 2 and err.startswith("error: Case 'c'")
     assert ("[3]" in err) if problem == "labels" else (problem if problem != "shape" else "size") in err

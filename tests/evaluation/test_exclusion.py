@@ -185,7 +185,7 @@ def test_exclude_folder_matches_brute_force_and_the_label_2_rule(folders, tmp_pa
     assert math.isnan(got["only_excluded"]["hd95"]) and got["only_excluded"]["avd"] == 100.0
     # identical to the single-file rule on the original references (label 2 inside the reference)
     same_file, _ = evaluate(tmp_path, "label2", "-ref", str(dirs["ref_with_2"]), "-pred", str(dirs["pred"]),
-                            "--exclude_label", "2")
+                            "-exclude_label", "2")
     for case in cases:
         assert_same(got[case], same_file[case])
     # and not what a plain evaluation gives: the exclusion changes the numbers

@@ -16,7 +16,7 @@ def common(trained, nnunet_folders):
     raw = trained / "raw" / DATASET
     return ["-d", str(DATASET_ID), "-c", "2d", "-tr", "PDDDPMTrainer_tiny", "-preseg_tr", "PDDDPMAttUNetTrainer_tiny",
             "-f", "0", "-i", str(raw / "imagesTs"), "-ref", str(raw / "labelsTs"), "-device", "cpu",
-            "--disable_tta", "--sampler", "ddim", "--steps", "2"]
+            "--disable_tta", "-sampler", "ddim", "-steps", "2"]
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def in_unit_interval(value):
 
 
 def test_table1_compares_three_methods(common, trained, tmp_path):
-    main(["table1", *common, "-o", str(tmp_path), "--ensemble", "2", "--vanilla_steps", "3"])
+    main(["table1", *common, "-o", str(tmp_path), "-ensemble_size", "2", "-vanilla_steps", "3"])
     rows, _ = check_outputs(tmp_path, "table1", table1.COLUMNS, 3)
     by_method = {r["method"]: r for r in rows}
     assert set(by_method) == {"pre-segmenter", "vanilla DDPM", "PD-DDPM"}
@@ -58,7 +58,7 @@ def test_table1_compares_three_methods(common, trained, tmp_path):
     denoiser_nfe = float(pd["nfe_per_case"]) - float(pre["nfe_per_case"])
     assert float(pre["nfe_per_case"]) > 0 and denoiser_nfe > 0
     assert float(vanilla["nfe_per_case"]) == pytest.approx(denoiser_nfe * 3 / 2)
-    # without --t_prime, the T' the denoiser's final validation chose (its sweep file), as nnunet_pdddpm_predict
+    # without -t_prime, the T' the denoiser's final validation chose (its sweep file), as nnunet_pdddpm_predict
     sweep = json.loads((model_folder(trained, "PDDDPMTrainer_tiny") / "fold_0" / "pdddpm_t_prime.json").read_text())
     assert "ddim 3 steps" in vanilla["sampling"] and f"T'={sweep['t_prime']}," in pd["sampling"]
     for folder in ("pre_segmenter", "vanilla_ddpm", "pd_ddpm"):
@@ -66,7 +66,7 @@ def test_table1_compares_three_methods(common, trained, tmp_path):
 
 
 def test_tprime_zero_reproduces_the_pre_segmenter(common, tmp_path):
-    main(["tprime", *common, "-o", str(tmp_path), "--values", "20", "0", "--ensemble", "2"])
+    main(["tprime", *common, "-o", str(tmp_path), "-values", "20", "0", "-ensemble_size", "2"])
     rows, saved = check_outputs(tmp_path, "tprime", tprime.COLUMNS, 2)
     assert [int(r["t_prime"]) for r in rows] == [0, 20]
     zero, twenty = rows
@@ -78,7 +78,7 @@ def test_tprime_zero_reproduces_the_pre_segmenter(common, tmp_path):
 
 
 def test_ensemble_reuses_samples_across_sizes(common, tmp_path):
-    main(["ensemble", *common, "-o", str(tmp_path), "--values", "1", "2", "--repeats", "2"])
+    main(["ensemble", *common, "-o", str(tmp_path), "-values", "1", "2", "-repeats", "2"])
     rows, _ = check_outputs(tmp_path, "ensemble", ensemble.COLUMNS, 2)
     for row in rows:
         dice = [float(d) for d in row["dice_per_repeat"].split(";")]
@@ -92,7 +92,7 @@ def test_ensemble_reuses_samples_across_sizes(common, tmp_path):
 
 
 def test_preseg_quality_includes_the_zero_pre_segmentation(common, tmp_path):
-    main(["preseg_quality", *common, "-o", str(tmp_path), "--ensemble", "2", "--degradations", "zero", "dilate:1"])
+    main(["preseg_quality", *common, "-o", str(tmp_path), "-ensemble_size", "2", "-degradations", "zero", "dilate:1"])
     rows, _ = check_outputs(tmp_path, "preseg_quality", preseg_quality.COLUMNS, 3)
     names = [r["pre_segmentation"] for r in rows]
     assert sorted(names) == ["dilate 1", "pre-segmenter", "zero"]
@@ -104,9 +104,9 @@ def test_preseg_quality_includes_the_zero_pre_segmentation(common, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["tprime", "--values", "-5"], "--values"),
-    (["preseg_quality", "--degradations", "blur:2"], "Unknown degradation"),
-    (["ensemble", "--repeats", "0"], "--repeats"),
+    (["tprime", "-values", "-5"], "-values"),
+    (["preseg_quality", "-degradations", "blur:2"], "Unknown degradation"),
+    (["ensemble", "-repeats", "0"], "-repeats"),
 ])
 def test_bad_arguments_are_one_sentence(tmp_path, capsys, args, message):
     paths = ["-d", "1", "-c", "2d", "-i", str(tmp_path / "in"), "-ref", str(tmp_path / "ref"), "-o", str(tmp_path)]

@@ -1,4 +1,5 @@
 """Batch planning covers every (fold, patch, member) once, in full batches; memory-based batch sizes."""
+import dataclasses
 import math
 from collections import Counter
 
@@ -14,7 +15,7 @@ from nnunet_pdddpm.inference.batching import (
     window_length,
 )
 from nnunet_pdddpm.inference.ensemble_sampling import members_per_fold, sampling_batch_size
-from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
 from nnunet_pdddpm.networks import TimeConditionedUNet
 
 AWKWARD = [  # (patches, folds, members, batch size)
@@ -80,7 +81,7 @@ def test_ensemble_is_the_total_per_case_dealt_over_folds(total, folds, expected)
 
 
 def test_fewer_samples_than_folds_is_one_sentence():
-    with pytest.raises(PDDDPMUserError, match=r"^--ensemble 3 is the total number of samples per case, fewer than "
+    with pytest.raises(PDDDPMUserError, match=r"^-ensemble_size 3 is the total number of samples per case, fewer than "
                                               r"the 5 folds .*--ensemble_per_fold\.$"):
         members_per_fold(SamplingSettings(ensemble_size=3), 5)
 
@@ -109,13 +110,32 @@ def test_batch_size_follows_the_memory_budget():
     assert batch_size_for_budget(16, 1e12, 10 ** 9) == 16
     net = small_denoiser()
     per_sample = estimate_sample_bytes(net, (3, 32, 48))
-    settings = SamplingSettings(max_batch_size=64, memory_budget_gb=3.5 * per_sample / 2 ** 30)
-    assert sampling_batch_size(settings, net, (3, 32, 48)) == 3
-    assert sampling_batch_size(SamplingSettings(max_batch_size=9), net, (3, 32, 48)) == 9
+    performance = PerformanceSettings(max_batch_size=64, memory_budget_gb=3.5 * per_sample / 2 ** 30)
+    assert sampling_batch_size(performance, net, (3, 32, 48)) == 3
+    assert sampling_batch_size(PerformanceSettings(max_batch_size=9), net, (3, 32, 48)) == 9
 
 
-def test_memory_budget_is_validated():
+def test_settings_are_validated_when_made_and_stay_frozen():
     from nnunet_pdddpm.errors import PDDDPMUserError
 
-    with pytest.raises(PDDDPMUserError, match="memory_budget_gb"):
-        SamplingSettings(memory_budget_gb=0).validate(1000)
+    with pytest.raises(PDDDPMUserError, match="-memory_budget_gb must be positive"):
+        PerformanceSettings(memory_budget_gb=0)
+    with pytest.raises(PDDDPMUserError, match="-max_batch_size must be at least 1"):
+        PerformanceSettings(max_batch_size=0)
+    with pytest.raises(PDDDPMUserError, match="-ensemble_size must be at least 1"):
+        SamplingSettings(ensemble_size=0)
+    settings = SamplingSettings(steps=5)
+    with pytest.raises(PDDDPMUserError, match="-steps must be at least 1"):
+        dataclasses.replace(settings, steps=0)  # replace validates again
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.t_prime = 10  # type: ignore[misc]
+    with pytest.raises(PDDDPMUserError, match="-t_prime must be between 0 and T=1000"):
+        SamplingSettings(t_prime=1001).validate(1000)
+
+
+def test_a_new_sampler_without_steps_drops_the_old_steps():
+    trained = SamplingSettings(sampler="ddim", steps=5)
+    assert trained.with_overrides(sampler="ddpm") == SamplingSettings(sampler="ddpm", steps=None)
+    assert trained.with_overrides(sampler="dpm++", steps=3).steps == 3
+    assert trained.with_overrides(sampler=None, steps=None, t_prime=50) == SamplingSettings(
+        sampler="ddim", steps=5, t_prime=50)

@@ -47,7 +47,7 @@ def _one_sentence(error: PDDDPMUserError, *fragments: str) -> None:
 
 def test_the_untouched_copies_load(results, env, tmp_path):
     predictor = _make_predictor(tmp_path, env)
-    assert predictor.pre_segmenter is not None and len(predictor.networks) == 1
+    assert predictor.pre_segmentation is not None and len(predictor.networks) == 1
 
 
 def test_a_denoiser_given_as_pre_segmenter_is_named(results, env, tmp_path):

@@ -181,7 +181,7 @@ def test_predict_cli_refuses_crafted_pre_segmenter_unless_trusted(crafted, env, 
     monkeypatch.setenv("nnUNet_results", str(results))
     predictor = make_predictor(build_parser().parse_args([*_predict_args(inp, tmp_path / "trusted"),
                                                           "--trust_checkpoints"]))
-    assert marker.exists() and predictor.pre_segmenter is not None
+    assert marker.exists() and predictor.pre_segmentation is not None
 
 
 def test_experiments_refuse_crafted_pre_segmenter_unless_trusted(crafted, env, tmp_path, monkeypatch):

@@ -4,6 +4,8 @@ Plain path: diffusers' ``scheduler.step`` (``reverse_process_reference``), one s
 eager float32. Fast paths: the precomputed tensor DDPM step, batching of (patch, member) samples,
 channels-last, and ``torch.compile`` (inductor on the CPU; CUDA graphs on a GPU).
 """
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,7 @@ from nnunet_pdddpm.diffusion.fast_ddpm import DDPMStepCoefficients, per_sample_n
 from nnunet_pdddpm.diffusion.samplers import reverse_process, reverse_process_reference, sampling_timesteps
 from nnunet_pdddpm.inference.compiled import DenoiserCache, SamplingDenoiser
 from nnunet_pdddpm.inference.ensemble_sampling import sample_case
-from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
 from nnunet_pdddpm.networks import TimeConditionedUNet
 from nnunet_pdddpm.networks.blocks import SelfAttentionBlock
 
@@ -138,13 +140,15 @@ def case_inputs(seed: int = 0):
 def run_case(networks, **fields):
     image, x0_pre, slicers, gaussian = case_inputs()
     base = dict(t_prime=20, ensemble_size=3, sampler="ddpm", steps=None, seed=5)
-    settings = SamplingSettings(**{**base, **fields})
+    knobs = {f.name for f in dataclasses.fields(PerformanceSettings)}
+    settings = SamplingSettings(**{k: v for k, v in {**base, **fields}.items() if k not in knobs})
+    performance = PerformanceSettings(**{k: v for k, v in fields.items() if k in knobs})
     counted = []
-    result = sample_case(networks, image, x0_pre, slicers, gaussian, settings, DiffusionConfig(), "case_7", CPU,
-                         lambda: torch.autocast("cpu", enabled=False), counted.append)
+    result = sample_case(networks, image, x0_pre, slicers, gaussian, settings, performance, DiffusionConfig(),
+                         "case_7", CPU, lambda: torch.autocast("cpu", enabled=False), counted.append)
     # NFE without padding: the ensemble is the total over the folds (3 = 2 + 1 for two), or 3 from every fold
     per_case = settings.ensemble_size * (len(networks) if settings.ensemble_per_fold else 1)
-    assert sum(counted) == len(slicers) * per_case * 20
+    assert sum(counted) == len(slicers) * per_case * 20 == result.nfe
     return result
 
 
@@ -164,8 +168,8 @@ def plain_result(two_folds):
     return run_case(two_folds, reference_sampler=True, max_batch_size=1)
 
 
-def test_per_class_uncertainty_averages_to_the_scalar_map(two_folds, plain_result):
-    result = run_case(two_folds, reference_sampler=True, max_batch_size=1, per_class_uncertainty=True)
+def test_uncertainty_per_class_averages_to_the_scalar_map(two_folds, plain_result):
+    result = run_case(two_folds, reference_sampler=True, max_batch_size=1, uncertainty_per_class=True)
     assert torch.equal(result.probabilities, plain_result.probabilities)
     assert result.class_uncertainty.shape == result.probabilities.shape
     torch.testing.assert_close(result.class_uncertainty.mean(0), plain_result.uncertainty, atol=1e-6, rtol=0)
@@ -264,8 +268,8 @@ def test_softmax_output_samples_end_at_the_networks_softmax(sampler, steps):
     image, x0_pre, slicers, gaussian = case_inputs()
     settings = SamplingSettings(t_prime=20, ensemble_size=3, sampler=sampler, steps=steps, seed=5)
     config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
-    result = sample_case([ConstantLogits(logits)], image, x0_pre, slicers, gaussian, settings, config, "case_7", CPU,
-                         lambda: torch.autocast("cpu", enabled=False))
+    result = sample_case([ConstantLogits(logits)], image, x0_pre, slicers, gaussian, settings, PerformanceSettings(),
+                         config, "case_7", CPU, lambda: torch.autocast("cpu", enabled=False))
     expected = torch.softmax(logits, 0).reshape(2, 1, 1, 1).expand_as(result.probabilities)
     assert torch.allclose(result.probabilities, expected, atol=1e-5)
     assert result.uncertainty.abs().max() < 1e-8

@@ -72,19 +72,19 @@ def test_bad_cases_are_named_in_one_sentence(tmp_path, problem, message):
 
 
 def test_files_that_nnunet_would_skip_are_named(tmp_path):
-    from nnunet_pdddpm.inference.input_checks import list_input_cases
+    from nnunet_pdddpm.inference.input_checks import input_cases
 
     dataset_json = {"file_ending": ".nii.gz", "channel_names": {"0": "FLAIR"}}
     _write(tmp_path / "a_0000.nii.gz", _ok())
     (tmp_path / "a_0000.json").write_text("{}")  # Tiff3DIO's spacing file: not an image
-    assert list_input_cases(str(tmp_path), dataset_json) == [[str(tmp_path / "a_0000.nii.gz")]]
+    assert input_cases(str(tmp_path), dataset_json) == {"a": [str(tmp_path / "a_0000.nii.gz")]}
     _write(tmp_path / "b_0000.nii", _ok())
     with pytest.raises(PDDDPMUserError, match=r"1 file\(s\) .* do not end with the dataset's file ending '.nii.gz' "
                                               r"\(dataset.json\) and would be skipped: b_0000.nii;"):
-        list_input_cases(str(tmp_path), dataset_json)
+        input_cases(str(tmp_path), dataset_json)
     (tmp_path / "b_0000.nii").rename(tmp_path / "b.nii.gz")
     with pytest.raises(PDDDPMUserError, match="lack the 4-digit channel number: b.nii.gz"):
-        list_input_cases(str(tmp_path), dataset_json)
+        input_cases(str(tmp_path), dataset_json)
 
 
 def test_2d_images_are_fine_for_a_2d_configuration(tmp_path):

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from conftest import DATASET, DATASET_ID, nnunet_env, run_cli
 
 COMMON = ["-d", str(DATASET_ID), "-c", "2d", "-tr", "PDDDPMTrainer_tiny", "-preseg_tr", "PDDDPMAttUNetTrainer_tiny",
-          "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--t_prime", "30", "--ensemble", "2",
+          "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "-t_prime", "30", "-ensemble_size", "2",
           "--disable_progress_bar"]
 
 
@@ -99,10 +99,10 @@ def test_bad_inputs_get_one_clear_sentence(first_run, tmp_path):
     root, env, _ = first_run
     inp = root / "raw" / DATASET / "imagesTs"
     assert "-o must differ from -i" in _fails(env, ["-i", str(inp), "-o", str(inp), *COMMON])
-    assert "--t_prime must be between 0 and T=1000" in _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"),
-                                                                   *COMMON, "--t_prime", "2000"])
-    assert "--ensemble must be at least 1" in _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"),
-                                                           *COMMON, "--ensemble", "0"])
+    assert "-t_prime must be between 0 and T=1000" in _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"),
+                                                                   *COMMON, "-t_prime", "2000"])
+    assert "-ensemble_size must be at least 1" in _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"),
+                                                           *COMMON, "-ensemble_size", "0"])
     assert "does not exist" in _fails(env, ["-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), *COMMON])
     bad = tmp_path / "extra_channel"
     shutil.copytree(inp, bad)
@@ -119,8 +119,8 @@ def test_bad_inputs_get_one_clear_sentence(first_run, tmp_path):
 def test_help_explains_every_flag():
     exe = os.path.join(os.path.dirname(sys.executable), "nnunet_pdddpm_predict")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    for flag in ("-preseg_probabilities", "--t_prime", "--ensemble", "--sampler", "--steps", "--seed", "--vanilla",
-                 "--uncertainty", "-num_parts", "--continue_prediction", "--save_probabilities"):
+    for flag in ("-preseg_probabilities", "-t_prime", "-ensemble_size", "-sampler", "-steps", "-seed", "--vanilla",
+                 "-uncertainty", "-num_parts", "--continue_prediction", "--save_probabilities"):
         assert flag in out
 
 
@@ -131,7 +131,7 @@ def test_saved_probabilities_of_any_model_serve_as_pre_segmentation(first_run, t
     run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(tmp_path / "nnunet"), "-d", str(DATASET_ID), "-c", "2d",
              "-tr", "PDDDPMAttUNetTrainer_tiny", "-f", "0", "-device", "cpu", "--save_probabilities", "-npp", "1",
              "-nps", "1"], env)
-    predict(env, inp, tmp_path / "pd", "-preseg_probabilities", str(tmp_path / "nnunet"), "--t_prime", "0")
+    predict(env, inp, tmp_path / "pd", "-preseg_probabilities", str(tmp_path / "nnunet"), "-t_prime", "0")
     a, b = arrays(tmp_path / "nnunet"), arrays(tmp_path / "pd")
     assert a.keys() == b.keys() and len(a) == 2
     for f in a:

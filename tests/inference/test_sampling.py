@@ -8,7 +8,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.pre_segmentation import ModelPreSegmenter
 from nnunet_pdddpm.inference.predictor import PDDDPMPredictor
-from nnunet_pdddpm.inference.settings import SamplingSettings
+from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
 
 CPU = torch.device("cpu")
 
@@ -26,13 +26,14 @@ def case(env):
     return torch.from_numpy(np.asarray(data[:])), properties
 
 
-def make_predictor(env, pre, **settings) -> PDDDPMPredictor:
+def make_predictor(env, pre, max_batch_size: int = 16, **settings) -> PDDDPMPredictor:
     base = dict(t_prime=20, ensemble_size=2, sampler="ddim", steps=3)
     base.update(settings)
-    p = PDDDPMPredictor(device=CPU, allow_tqdm=False, sampling=SamplingSettings(**base))
+    p = PDDDPMPredictor(device=CPU, allow_tqdm=False, sampling=SamplingSettings(**base),
+                        performance=PerformanceSettings(max_batch_size=max_batch_size))
     p.initialize_from_trained_model_folder(str(model_folder(env, "PDDDPMTrainer_tiny")), [0])
     if pre is not None:
-        p.set_pre_segmenter(pre)
+        p.configure(pre_segmentation=pre)
     return p
 
 
@@ -59,9 +60,9 @@ def test_vanilla_starts_from_noise_at_T(env, case):
     p = make_predictor(env, None, vanilla=True, ensemble_size=1, steps=2)
     seen = []
     p.networks[0].register_forward_pre_hook(lambda m, args: seen.append(int(args[1][0])))
-    p.predict_case(data, props, "case_003")
+    result = p.predict_case(data, props, "case_003")
     assert seen == [999, 499]  # two evaluations from index T - 1, all patches of a slice stack in one batch
-    assert p.last_nfe == 2 * data.shape[1]  # per-sample count: one 40x40 patch per slice, one member
+    assert result.nfe == 2 * data.shape[1]  # per-sample count: one 40x40 patch per slice, one member
 
 
 def test_t_prime_T_with_zero_pre_segmentation_equals_vanilla(env, case):
@@ -121,7 +122,7 @@ def test_out_of_memory_falls_back_to_smaller_batches(env, pre_segmenter, case):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     p.networks[0].register_forward_pre_hook(fail_on_big_batches)
-    with pytest.warns(UserWarning, match="retrying with --max_batch_size 4"):
+    with pytest.warns(UserWarning, match="retrying with -max_batch_size 4"):
         result = p.predict_case(data, props, "case_003")
     torch.testing.assert_close(result.probabilities, reference.probabilities, atol=1e-5, rtol=0)
     p.networks[0].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
@@ -155,7 +156,7 @@ def test_t_prime_above_the_trained_timesteps_is_refused_before_any_work(env):
                                    plans.get_configuration("2d"), load_json(folder / "dataset.json"), settings,
                                    "PDDDPMTrainer_tiny", None)
     p.check_settings(SamplingSettings(t_prime=40))  # the first evaluation is at index 39: trained
-    with pytest.raises(PDDDPMUserError, match="trained on timesteps below 40.*--t_prime 41 would run it"):
+    with pytest.raises(PDDDPMUserError, match="trained on timesteps below 40.*-t_prime 41 would run it"):
         p.check_settings(SamplingSettings(t_prime=41))
     with pytest.raises(PDDDPMUserError, match=r"--vanilla \(sampling from T\) would run it"):
         p.check_settings(SamplingSettings(t_prime=20, vanilla=True))

@@ -1,4 +1,5 @@
 """Automatic T': the final validation's sweep on the tiny trained models, and predict using what it stored."""
+import dataclasses
 import json
 import shutil
 
@@ -25,16 +26,17 @@ def test_final_validation_stores_the_best_t_prime_of_its_sweep(env):
     predictor = PDDDPMPredictor(device=CPU, allow_tqdm=False, sampling=SamplingSettings(
         ensemble_size=2, sampler=sweep["sampling"]["sampler"], steps=sweep["sampling"]["steps"]))
     predictor.initialize_from_trained_model_folder(str(folder), [0])
-    predictor.set_pre_segmenter(ModelPreSegmenter(str(model_folder(env, "PDDDPMAttUNetTrainer_tiny")), [0],
-                                                  "checkpoint_final.pth", CPU))
+    pre_segmentation = ModelPreSegmenter(str(model_folder(env, "PDDDPMAttUNetTrainer_tiny")), [0],
+                                         "checkpoint_final.pth", CPU)
     pre = env / "preprocessed" / "Dataset991_Tiny" / "nnUNetPlans_2d"
     ds = infer_dataset_class(str(pre))(str(pre), sweep["cases"])
     for t_prime, stored in zip(sweep["candidates"], sweep["dice"]):
-        predictor.sampling.t_prime = t_prime
+        sampling = dataclasses.replace(predictor.sampling, t_prime=t_prime)
         scores = []
         for key in sweep["cases"]:
             data, seg, _, props = ds.load_case(key)
-            probs = predictor.predict_case(torch.from_numpy(np.asarray(data[:])), props, key).probabilities
+            probs = predictor.predict_case(torch.from_numpy(np.asarray(data[:])), props, key, sampling,
+                                           pre_segmentation).probabilities
             scores.append(foreground_dice(probs, torch.from_numpy(np.asarray(seg[0])).long()))
         assert np.mean(scores) == pytest.approx(stored, abs=1e-6)
 
@@ -61,11 +63,11 @@ def test_predict_uses_the_stored_t_prime_unless_told_otherwise(env, tmp_path):
     images = env / "raw" / "Dataset991_Tiny" / "imagesTr"
     args = ["nnunet_pdddpm_predict", "-i", str(images), "-o", str(tmp_path / "out"), "-d", "991", "-c", "2d",
             "-f", "0", "-tr", "PDDDPMTrainer_tiny", "-preseg_tr", "PDDDPMAttUNetTrainer_tiny", "-device", "cpu",
-            "--disable_progress_bar", "--ensemble", "1"]
+            "--disable_progress_bar", "-ensemble_size", "1"]
     auto = run_cli(args + ["-num_parts", "8", "-part_id", "0"], cli_env)
     assert "T'=13 (from the validation sweep" in auto.stdout
-    paper = run_cli(args + ["-num_parts", "8", "-part_id", "1", "--t_prime", "300"], cli_env)
-    assert "T'=300 (from --t_prime)" in paper.stdout
+    paper = run_cli(args + ["-num_parts", "8", "-part_id", "1", "-t_prime", "300"], cli_env)
+    assert "T'=300 (from -t_prime)" in paper.stdout
 
 
 def test_several_folds_take_the_best_of_the_mean_curve(tmp_path):

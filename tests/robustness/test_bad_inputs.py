@@ -16,7 +16,7 @@ from nnunet_pdddpm.cli import evaluate, experiment, predict
 
 MODELS = ["-d", str(DATASET_ID), "-c", "2d", "-tr", "PDDDPMTrainer_tiny", "-preseg_tr", "PDDDPMAttUNetTrainer_tiny",
           "-f", "0", "-device", "cpu"]
-PREDICT = [*MODELS, "-npp", "1", "-nps", "1", "--t_prime", "10", "--ensemble", "2", "--disable_progress_bar"]
+PREDICT = [*MODELS, "-npp", "1", "-nps", "1", "-t_prime", "10", "-ensemble_size", "2", "--disable_progress_bar"]
 LOADED = "PD-DDPM with T'="  # printed once the denoiser is loaded
 
 
@@ -210,28 +210,28 @@ def test_k_evaluation_messages_print_plain_numbers(env, tmp_path, capsys):
 def test_l_t_prime_values_above_T_name_values_before_any_work(env, tmp_path, capsys):
     raw = env / "raw" / DATASET
     argv = ["tprime", *MODELS, "-i", str(raw / "imagesTs"), "-ref", str(raw / "labelsTs"), "-o", str(tmp_path / "o"),
-            "--values", "20", "2000"]
+            "-values", "20", "2000"]
     msg = fails(experiment.main, argv, capsys, before_models=False)
-    assert msg.startswith("error: --values 2000 exceed the largest T' of 1000") and "--t_prime" not in msg
+    assert msg.startswith("error: -values 2000 exceed the largest T' of 1000") and "-t_prime" not in msg
     assert not (tmp_path / "o").exists()
 
 
 def test_m_steps_above_t_prime_are_refused(images, tmp_path, capsys):
-    msg = fails(predict.main, ["-i", str(images), "-o", str(tmp_path / "o"), *PREDICT, "--steps", "11"], capsys)
-    assert msg == ("error: --steps 11 exceeds T'=10 (--t_prime): a reverse process from T' has only T' steps; use "
-                   "--steps 10 or fewer.")
+    msg = fails(predict.main, ["-i", str(images), "-o", str(tmp_path / "o"), *PREDICT, "-steps", "11"], capsys)
+    assert msg == ("error: -steps 11 exceeds T'=10 (-t_prime): a reverse process from T' has only T' steps; use "
+                   "-steps 10 or fewer.")
 
 
 def test_m_steps_above_the_models_t_prime(env, images, tmp_path, capsys):
-    """Without --t_prime, T' comes from the denoiser's validation sweep: checked once it is loaded."""
-    argv = ["-i", str(images), "-o", str(tmp_path / "o"), *MODELS, "--disable_progress_bar", "--steps", "999"]
+    """Without -t_prime, T' comes from the denoiser's validation sweep: checked once it is loaded."""
+    argv = ["-i", str(images), "-o", str(tmp_path / "o"), *MODELS, "--disable_progress_bar", "-steps", "999"]
     msg = fails(predict.main, argv, capsys, before_models=False)
-    assert "--steps 999 exceeds T'=" in msg and "(the validation sweep" in msg
+    assert "-steps 999 exceeds T'=" in msg and "(the validation sweep" in msg
     assert nothing_complete(tmp_path / "o")
     raw = env / "raw" / DATASET
     argv = ["tprime", *MODELS, "-i", str(raw / "imagesTs"), "-ref", str(raw / "labelsTs"), "-o", str(tmp_path / "e"),
-            "--values", "0", "5", "20", "--steps", "6"]
+            "-values", "0", "5", "20", "-steps", "6"]
     msg = fails(experiment.main, argv, capsys)
-    assert msg == ("error: --steps 6 exceeds T'=5 (the smallest nonzero T' in --values): a reverse process from T' "
-                   "has only T' steps; use --steps 5 or fewer.")
+    assert msg == ("error: -steps 6 exceeds T'=5 (the smallest nonzero T' in -values): a reverse process from T' "
+                   "has only T' steps; use -steps 5 or fewer.")
     assert not (tmp_path / "e").exists()

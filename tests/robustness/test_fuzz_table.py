@@ -23,7 +23,7 @@ from nnunet_pdddpm.cli import convert_wmh2017, evaluate, experiment, make_demo_d
 
 PRE, DENOISER = "PDDDPMAttUNetTrainer_tiny", "PDDDPMTrainer_tiny"
 MODELS = ["-d", str(DATASET_ID), "-c", "2d", "-tr", DENOISER, "-preseg_tr", PRE, "-f", "0", "-device", "cpu"]
-SAMPLING = ["-npp", "1", "-nps", "1", "--t_prime", "10", "--ensemble", "2", "--disable_progress_bar"]
+SAMPLING = ["-npp", "1", "-nps", "1", "-t_prime", "10", "-ensemble_size", "2", "--disable_progress_bar"]
 COMPLETE = (".nii.gz", ".nii", ".json", ".csv", ".npz", ".png", ".pth")
 
 
@@ -155,21 +155,22 @@ ROWS = [
         lambda c: (_cut(c.checkpoint(DENOISER)), c.predict())[1], "central directory); it is truncated"),
     Row("predict truncated pre-segmenter checkpoint", predict.main,
         lambda c: (_cut(c.checkpoint(PRE)), c.predict())[1], "central directory); it is truncated"),
-    Row("predict --t_prime above T", predict.main, lambda c: _replace(c.predict(), "--t_prime", "2000"), "--t_prime"),
-    Row("predict --t_prime negative", predict.main, lambda c: _replace(c.predict(), "--t_prime", "-1"), "--t_prime"),
-    Row("predict --ensemble 0", predict.main, lambda c: _replace(c.predict(), "--ensemble", "0"), "--ensemble"),
+    Row("predict -t_prime above T", predict.main, lambda c: _replace(c.predict(), "-t_prime", "2000"), "-t_prime"),
+    Row("predict -t_prime negative", predict.main, lambda c: _replace(c.predict(), "-t_prime", "-1"), "-t_prime"),
+    Row("predict -ensemble_size 0", predict.main, lambda c: _replace(c.predict(), "-ensemble_size", "0"),
+        "-ensemble_size"),
     Row("predict per-class map of no uncertainty", predict.main,
-        lambda c: c.predict("--uncertainty", "none", "--uncertainty_per_class"), "--uncertainty_per_class needs"),
-    Row("predict --steps above T'", predict.main, lambda c: c.predict("--steps", "11"), "exceeds T'=10"),
+        lambda c: c.predict("-uncertainty", "none", "--uncertainty_per_class"), "--uncertainty_per_class needs"),
+    Row("predict -steps above T'", predict.main, lambda c: c.predict("-steps", "11"), "exceeds T'=10"),
     Row("predict -num_parts 0", predict.main, lambda c: c.predict("-num_parts", "0"), "-num_parts must be at least 1"),
     Row("predict -part_id outside", predict.main, lambda c: c.predict("-num_parts", "2", "-part_id", "2"),
         "-part_id"),
     Row("predict nnUNet_results unset", predict.main, lambda c: c.predict(), "nnUNet_results is not set",
         env={"nnUNet_results": None}),
     # ---- experiment
-    Row("experiment tprime --values above T", experiment.main,
-        lambda c: ["tprime", *MODELS, "-i", str(c.images), "-ref", str(c.labels), "-o", str(c.out), "--values", "20",
-                   "2000"], "--values 2000"),
+    Row("experiment tprime -values above T", experiment.main,
+        lambda c: ["tprime", *MODELS, "-i", str(c.images), "-ref", str(c.labels), "-o", str(c.out), "-values", "20",
+                   "2000"], "-values 2000"),
     Row("experiment -ref missing", experiment.main,
         lambda c: ["table1", *MODELS, "-i", str(c.images), "-ref", str(c.tmp / "nowhere"), "-o", str(c.out)],
         "nowhere"),

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 from conftest import DATASET, DATASET_ID, model_folder, nnunet_env, run_cli
 
-from nnunet_pdddpm.trainers.discovery import ENV_VAR
+from nnunet_pdddpm.discovery import ENV_VAR
 
 USER_VARIANT = '''
 from nnunet_pdddpm.trainers.variants import PDDDPMTrainer_tiny
@@ -82,8 +82,8 @@ def test_prediction_killed_mid_run_continues_to_identical_outputs(trained, tmp_p
     for f in sorted((trained / "raw" / DATASET / "imagesTr").iterdir())[:4]:
         shutil.copy(f, inp / f.name)
     args = ["-d", str(DATASET_ID), "-c", "2d", "-tr", "PDDDPMTrainer_tiny", "-preseg_tr", "PDDDPMAttUNetTrainer_tiny",
-            "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--t_prime", "40", "--ensemble", "2",
-            "--sampler", "ddpm", "--disable_progress_bar", "--seed", "3"]
+            "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "-t_prime", "40", "-ensemble_size", "2",
+            "-sampler", "ddpm", "--disable_progress_bar", "-seed", "3"]
     ref, out = tmp_path / "ref", tmp_path / "out"
     run_cli(["nnunet_pdddpm_predict", "-i", str(inp), "-o", str(ref), *args], env)
     proc = _start(["nnunet_pdddpm_predict", "-i", str(inp), "-o", str(out), *args], env)
@@ -151,7 +151,7 @@ def test_signal_during_sampling_ends_every_child_process(trained, tmp_path, sig)
     exe = Path(sys.executable).parent / "nnunet_pdddpm_predict"
     args = ["-i", str(inp), "-o", str(out), "-d", str(DATASET_ID), "-c", "2d", "-tr", "PDDDPMTrainer_tiny",
             "-preseg_tr", "PDDDPMAttUNetTrainer_tiny", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
-            "--t_prime", "40", "--ensemble", "2", "--sampler", "ddpm", "--disable_progress_bar"]
+            "-t_prime", "40", "-ensemble_size", "2", "-sampler", "ddpm", "--disable_progress_bar"]
     with open(err_file, "w") as err:
         proc = subprocess.Popen([str(exe), *args], env=nnunet_env(trained), stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True, preexec_fn=_as_from_a_terminal)
@@ -172,7 +172,7 @@ def test_demo_killed_during_training_ends_nnunet_train_and_its_workers(tmp_path)
     err_file = tmp_path / "output.txt"
     exe = Path(sys.executable).parent / "nnunet_pdddpm_demo"
     with open(err_file, "w") as err:
-        proc = subprocess.Popen([str(exe), "-o", str(tmp_path / "work"), "--profile", "tiny", "-device", "cpu",
+        proc = subprocess.Popen([str(exe), "-o", str(tmp_path / "work"), "-profile", "tiny", "-device", "cpu",
                                  "-np", "1"], stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
     sessions, start = {proc.pid}, time.time()
     while True:  # nnUNetv2_train runs in a session of its own: collect the sessions as they appear

@@ -39,8 +39,8 @@ def predicted(trained_3d) -> Path:
     out = root / "pred"
     run_cli(["nnunet_pdddpm_predict", "-i", str(root / "raw" / DATASET / "imagesTs"), "-o", str(out),
              "-d", str(DATASET_ID), "-c", "3d_fullres", "-tr", DENOISER, "-preseg_tr", PRE, "-f", "0",
-             "-device", "cpu", "-npp", "1", "-nps", "1", "--t_prime", "10", "--ensemble", "2", "--sampler", "ddim",
-             "--steps", "3", "--save_probabilities", "--uncertainty_per_class", "--disable_progress_bar"],
+             "-device", "cpu", "-npp", "1", "-nps", "1", "-t_prime", "10", "-ensemble_size", "2", "-sampler", "ddim",
+             "-steps", "3", "--save_probabilities", "--uncertainty_per_class", "--disable_progress_bar"],
             nnunet_env(root))
     return out
 

@@ -1,15 +1,15 @@
 """nnU-Net's own trainer lookup finds our classes through nnUNet_extTrainer, with one class identity."""
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 import nnunet_pdddpm
 from nnunet_pdddpm import trainers
-from nnunet_pdddpm.trainers.discovery import ENV_VAR, ensure_trainer_discovery, trainer_folder
+from nnunet_pdddpm.discovery import ENV_VAR, ensure_trainer_discovery, trainer_folder
 
 
 @pytest.mark.parametrize("name", trainers.__all__)
@@ -26,11 +26,15 @@ def test_lookup_fails_without_the_environment_variable(monkeypatch):
         recursive_find_trainer_class_by_name("PDDDPMTrainer")
 
 
-def test_shim_reexports_exactly_the_public_trainers():
-    tree = ast.parse((Path(trainer_folder()) / "nnunet_pdddpm_trainers.py").read_text())
-    names = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names}
-    assert names == set(trainers.__all__)
-    assert sorted(p.name for p in Path(trainer_folder()).glob("*.py")) == ["__init__.py", "nnunet_pdddpm_trainers.py"]
+def test_nnunet_folder_search_finds_every_trainer_in_the_shim():
+    """The search nnUNet_extTrainer triggers, on our folder alone: the shim exports every name of ``__all__``
+    (it copies them at import; nothing lists them a second time) and the folder holds nothing else."""
+    folder = trainer_folder()
+    assert sorted(p.name for p in Path(folder).glob("*.py")) == ["__init__.py", "nnunet_pdddpm_trainers.py"]
+    for name in trainers.__all__:
+        found = recursive_find_python_class(folder, name, None, base_folder=folder,
+                                            cleanup_imports_from_base_folder=True)
+        assert found is getattr(trainers, name), name
 
 
 def test_env_command_prints_an_export_line(monkeypatch):

@@ -15,7 +15,7 @@ ENV_VAR = "nnUNet_extTrainer"
 
 def trainer_folder() -> str:
     """Absolute path of the folder nnU-Net should scan (``nnunet_pdddpm/nnunet_ext``)."""
-    return str(Path(__file__).resolve().parent.parent / "nnunet_ext")
+    return str(Path(__file__).resolve().parent / "nnunet_ext")
 
 
 def extended_value(current: str | None) -> str:
@@ -30,3 +30,7 @@ def extended_value(current: str | None) -> str:
 def ensure_trainer_discovery() -> None:
     """Add our folder to ``nnUNet_extTrainer`` in this process (and so in its children)."""
     os.environ[ENV_VAR] = extended_value(os.environ.get(ENV_VAR))
+
+
+#: the pre-segmenter every command and trainer looks for first: what ``nnUNetv2_train D C F`` trains
+DEFAULT_PRE_SEGMENTER_TRAINER = "nnUNetTrainer"
