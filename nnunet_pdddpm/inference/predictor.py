@@ -47,7 +47,7 @@ from nnunet_pdddpm.inference.export import (
     export_case,
     uncertainty_to_original_geometry,
 )
-from nnunet_pdddpm.inference.input_checks import check_cases, check_file_endings
+from nnunet_pdddpm.inference.input_checks import check_cases, input_cases
 from nnunet_pdddpm.inference.pre_segmentation import (
     ModelPreSegmenter,
     PreSegmentation,
@@ -294,9 +294,16 @@ class PDDDPMPredictor(nnUNetPredictor):
                                        folder_with_segs_from_prev_stage=None, overwrite=True, part_id=0, num_parts=1,
                                        save_probabilities=False):
         """nnU-Net's bookkeeping, plus: inputs are checked up front, and with ``--continue_prediction`` a case
-        counts as done only when its uncertainty map exists too."""
+        counts as done only when its uncertainty map exists too.
+
+        A folder is listed by :func:`input_cases` (nnU-Net's identifiers and file matching, same order): nnU-Net's
+        ``create_lists_from_splitted_dataset_folder`` forks a 12-process ``Pool`` just to list files, and that
+        pool's ``terminate`` hung 1 run in 41 on a loaded 2-core machine (a worker blocked on the task queue's
+        lock, the parent joining it).
+        """
         if isinstance(list_of_lists_or_source_folder, str):
-            check_file_endings(list_of_lists_or_source_folder, self.dataset_json["file_ending"])
+            list_of_lists_or_source_folder = list(input_cases(list_of_lists_or_source_folder,
+                                                              self.dataset_json).values())
         lists, outputs, prev = super()._manage_input_and_output_lists(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
             folder_with_segs_from_prev_stage, True, part_id, num_parts, save_probabilities)

@@ -44,3 +44,26 @@ def test_every_pre_segmentation_source_has_the_protocols_methods():
     for cls in (ModelPreSegmenter, NpzPreSegmentation, CachedPreSegmentation, DegradedPreSegmentation):
         for name, parameters in wanted.items():
             assert list(inspect.signature(getattr(cls, name)).parameters) == parameters, (cls, name)
+
+
+def test_a_folder_of_inputs_is_listed_without_a_process_pool(env, tmp_path, monkeypatch):
+    """nnU-Net lists a folder with a fork Pool whose terminate() can hang; ours lists it in-process, in nnU-Net's
+    order and with nnU-Net's output names."""
+    import multiprocessing.pool
+
+    import torch
+    from conftest import model_folder
+
+    from nnunet_pdddpm.inference.predictor import PDDDPMPredictor
+
+    predictor = PDDDPMPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder(env, "PDDDPMTrainer_tiny")), [0])
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a multiprocessing Pool was started to list the input folder")
+
+    monkeypatch.setattr(multiprocessing.pool.Pool, "__init__", no_pool)
+    images = env / "raw" / "Dataset991_Tiny" / "imagesTs"
+    lists, outputs, _ = predictor._manage_input_and_output_lists(str(images), str(tmp_path), part_id=1, num_parts=2)
+    assert [o.rsplit("/", 1)[-1] for o in outputs] == ["case_009"]
+    assert lists == [[str(images / "case_009_0000.nii.gz")]]
