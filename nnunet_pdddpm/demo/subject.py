@@ -57,9 +57,6 @@ class Subject:
         image.SetDirection(DIRECTION)
         return image
 
-    def lesion_ml(self) -> float:
-        return float(self.label.sum()) * math.prod(self.spacing) / 1000.0
-
 
 def make_subject(grid: Grid, load_ml: float, rng: np.random.Generator) -> Subject:
     """Synthesise one subject with about ``load_ml`` ml of lesion (before thick-slice partial volume)."""

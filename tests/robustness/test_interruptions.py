@@ -41,12 +41,19 @@ def _start(args, env):
                             start_new_session=True)
 
 
-def _kill_when(proc, condition, timeout=300):
-    start = time.time()
+def _wait_until(proc, condition, give_up_s: float = 600) -> None:
+    """Poll ``condition`` while ``proc`` runs; ``give_up_s`` only ends a wait that would otherwise never end (a hung
+    command), it is not a speed check."""
+    give_up = time.monotonic() + give_up_s
     while not condition():
         assert proc.poll() is None, "finished before it could be interrupted"
-        assert time.time() - start < timeout
+        if time.monotonic() > give_up:
+            pytest.fail(f"still waiting for the moment to interrupt after {give_up_s:.0f} s: the command hangs")
         time.sleep(0.2)
+
+
+def _kill_when(proc, condition):
+    _wait_until(proc, condition)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -135,8 +142,8 @@ def _interrupt_and_expect_no_survivors(proc, sig, sessions, err_file):
     assert proc.returncode == 128 + sig
     err = err_file.read_text()
     assert f"interrupted by {signal.Signals(sig).name}." in err and "Traceback" not in err, err[-3000:]
-    deadline = time.time() + 15
-    while (left := _tree(proc.pid, sessions)) and time.time() < deadline:
+    deadline = time.monotonic() + 15  # the command ends its children before it exits; allow for stragglers
+    while (left := _tree(proc.pid, sessions)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"left running: {left}"
 
@@ -155,11 +162,7 @@ def test_signal_during_sampling_ends_every_child_process(trained, tmp_path, sig)
     with open(err_file, "w") as err:
         proc = subprocess.Popen([str(exe), *args], env=nnunet_env(trained), stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True, preexec_fn=_as_from_a_terminal)
-    start = time.time()
-    while not (out.is_dir() and any(p.name.endswith(".nii.gz") for p in out.iterdir())):
-        assert proc.poll() is None, "finished before it could be interrupted"
-        assert time.time() - start < 300
-        time.sleep(0.2)
+    _wait_until(proc, lambda: out.is_dir() and any(p.name.endswith(".nii.gz") for p in out.iterdir()))
     # sampling the next case: nnU-Net's preprocessing worker and the Manager behind its queues are running
     assert len(_tree(proc.pid, {proc.pid})) >= 3
     _interrupt_and_expect_no_survivors(proc, sig, {proc.pid}, err_file)
@@ -174,15 +177,14 @@ def test_demo_killed_during_training_ends_nnunet_train_and_its_workers(tmp_path)
     with open(err_file, "w") as err:
         proc = subprocess.Popen([str(exe), "-o", str(tmp_path / "work"), "-profile", "tiny", "-device", "cpu",
                                  "-np", "1"], stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
-    sessions, start = {proc.pid}, time.time()
-    while True:  # nnUNetv2_train runs in a session of its own: collect the sessions as they appear
+    sessions = {proc.pid}
+
+    def training_started() -> bool:  # nnUNetv2_train runs in a session of its own: collect the sessions as they appear
         tree = _tree(proc.pid, sessions)
-        sessions |= {sid for _, sid, _ in tree.values()}
-        if any("nnUNetv2_train" in cmd for _, _, cmd in tree.values()):
-            break
-        assert proc.poll() is None, "finished before it could be interrupted"
-        assert time.time() - start < 600
-        time.sleep(0.2)
+        sessions.update(sid for _, sid, _ in tree.values())
+        return any("nnUNetv2_train" in cmd for _, _, cmd in tree.values())
+
+    _wait_until(proc, training_started)
     time.sleep(3)
     sessions |= {sid for _, sid, _ in _tree(proc.pid, sessions).values()}
     _interrupt_and_expect_no_survivors(proc, signal.SIGTERM, sessions, err_file)
