@@ -39,15 +39,16 @@ from nnunet_pdddpm.demo.dataset import DemoProfile, make_demo_dataset
 from nnunet_pdddpm.demo.run_profiles import CPU_DATASET
 from nnunet_pdddpm.evaluation.paired import paired_difference
 from nnunet_pdddpm.experiments.report import write_rows
-from nnunet_pdddpm.inference.ensemble_sampling import predictive_entropy
 from nnunet_pdddpm.inference.settings import PerformanceSettings
+from nnunet_pdddpm.inference.uncertainty import predictive_entropy
 from nnunet_pdddpm.io_utils import write_json_atomic
 from nnunet_pdddpm.trainers.seeding import SEED_VARIABLE
 
 PER_CASE_METRICS = ("dice", "hd95", "lesion_f1", "avd", "uncertainty_auroc")
 PAIRED_METRICS = ("dice", "lesion_f1")
 # PD-DDPM's uncertainty map: the paper's variance across the ensemble, and the predictive entropy of its mean
-# (the same segmentation: one ensemble, two maps)
+# (the same segmentation: one ensemble, two maps; the entropy of the aggregated mean, which differs from
+# -uncertainty entropy's per-patch aggregation only where patches overlap)
 UNCERTAINTIES = ("variance", "entropy")
 
 

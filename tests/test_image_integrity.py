@@ -73,3 +73,15 @@ def test_scaling_and_other_formats(tmp_path):
         f.write(b"not an image at all")
     with pytest.raises(RuntimeError):
         scan_voxels(str(tmp_path / "junk.nii.gz"))
+
+
+def test_value_range_after_scaling_and_without_non_finite_values(tmp_path):
+    image = nib.Nifti1Image(np.array([[[0, 3], [-2, 7]]], np.int16), np.eye(4))
+    image.header.set_slope_inter(-2.0, 1.0)  # a negative slope swaps the ends: 1 - 2 * 7 = -13, 1 - 2 * -2 = 5
+    nib.save(image, tmp_path / "scaled.nii.gz")
+    scan = scan_voxels(str(tmp_path / "scaled.nii.gz"))
+    assert (scan.minimum, scan.maximum) == (-13.0, 5.0)
+    array = _image()
+    array[1, 1, 1], array[2, 2, 2] = np.nan, 1e30
+    scan = scan_voxels(_write(tmp_path / "big.nii.gz", array))
+    assert scan.maximum == pytest.approx(1e30, rel=1e-6) and scan.n_non_finite == 1

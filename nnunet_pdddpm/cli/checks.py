@@ -51,18 +51,28 @@ def dataset_name(dataset: str) -> str:
 
 
 def check_inputs_against_model(images: str, dataset: str, trainer: str, plans: str, configuration: str,
-                               part_id: int = 0, num_parts: int = 1) -> None:
-    """Check the input images against the model folder's dataset.json and plans, reading no checkpoint.
+                               part_id: int = 0, num_parts: int = 1,
+                               pre_segmentation_folder: str | None = None) -> None:
+    """Check the input images (and the ``-preseg_probabilities`` files of ``pre_segmentation_folder``) against the
+    model folder's dataset.json and plans, reading no checkpoint.
 
     A model folder without them is passed over: loading the model then says what is missing.
     """
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-    from nnunet_pdddpm.inference.input_checks import check_input_folder, model_input_spec
+    from nnunet_pdddpm.inference.input_checks import (
+        check_input_folder,
+        check_pre_segmentation_files,
+        model_input_spec,
+    )
 
     spec = model_input_spec(get_output_folder(dataset, trainer, plans, configuration), configuration)
     if spec is not None:
-        check_input_folder(images, *spec, part_id=part_id, num_parts=num_parts)
+        cases = check_input_folder(images, *spec, part_id=part_id, num_parts=num_parts)
+        if pre_segmentation_folder is not None:
+            if not os.path.isdir(pre_segmentation_folder):
+                raise PDDDPMUserError(f"-preseg_probabilities folder {pre_segmentation_folder} does not exist.")
+            check_pre_segmentation_files(pre_segmentation_folder, cases, spec[0])
 
 
 def check_steps_within_t_prime(steps: int | None, t_prime: int, t_prime_source: str, flag: str = "-steps") -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from nnunet_pdddpm.cli.checks import check_output_file
 from nnunet_pdddpm.cli.spellings import parse_args
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
 from nnunet_pdddpm.evaluation import evaluate_folders
-from nnunet_pdddpm.io_utils import atomic_path, write_json_atomic
+from nnunet_pdddpm.io_utils import write_bytes_atomic, write_json_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,13 +78,13 @@ def _validate(args: argparse.Namespace) -> tuple[Path, Path]:
 def write_case_csv(summary: dict[str, Any], target: Path) -> None:
     """One row per case and label: ``case, label, <metric>...``; NaN written as ``nan``."""
     names = summary["metric_names"]
-    with atomic_path(target) as tmp:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["case", "label", *names])
-            for case in summary["metric_per_case"]:
-                for label, values in case["metrics"].items():
-                    writer.writerow([case["case"], label, *(repr(values[n]) for n in names)])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["case", "label", *names])
+    for case in summary["metric_per_case"]:
+        for label, values in case["metrics"].items():
+            writer.writerow([case["case"], label, *(repr(values[n]) for n in names)])
+    write_bytes_atomic(text.getvalue().encode(), target)
 
 
 def format_means(summary: dict[str, Any]) -> str:

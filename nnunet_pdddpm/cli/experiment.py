@@ -18,6 +18,7 @@ from nnunet_pdddpm.cli.checks import (
 )
 from nnunet_pdddpm.diffusion import SAMPLERS
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
+from nnunet_pdddpm.inference.settings import FUSION_FIELDS
 
 HELP = {
     "table1": "Pre-segmenter alone vs vanilla DDPM vs PD-DDPM: Dice, HD95, Jaccard, lesion F1, NFE and seconds "
@@ -136,7 +137,8 @@ def check_settings_before_work(args: argparse.Namespace, runner) -> None:
         check_steps_within_t_prime(args.steps, settings.t_prime, predictor.t_prime_source)
     if args.experiment == "table1":
         vanilla = {"sampler": args.vanilla_sampler, "steps": args.vanilla_steps}
-        runner.settings(**{**sampling, **{k: v for k, v in vanilla.items() if v is not None}}, vanilla=True)
+        vanilla_base = {k: v for k, v in sampling.items() if k not in FUSION_FIELDS}  # vanilla: no pre-segmentation
+        runner.settings(**{**vanilla_base, **{k: v for k, v in vanilla.items() if v is not None}}, vanilla=True)
         flag = "-steps" if args.vanilla_steps is None else "-vanilla_steps"
         check_steps_within_t_prime(args.vanilla_steps or args.steps, T, "T, for vanilla DDPM", flag)
 

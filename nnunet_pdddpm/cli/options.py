@@ -13,7 +13,7 @@ from nnunet_pdddpm.cli.spellings import parse_args  # noqa: F401  (re-exported: 
 from nnunet_pdddpm.diffusion import SAMPLERS
 from nnunet_pdddpm.discovery import DEFAULT_PRE_SEGMENTER_TRAINER
 from nnunet_pdddpm.errors import PDDDPMUserError
-from nnunet_pdddpm.inference.settings import UNCERTAINTY_KINDS, PerformanceSettings, check_at_least
+from nnunet_pdddpm.inference.settings import UNCERTAINTY_KINDS, PerformanceSettings, SamplingSettings, check_at_least
 
 #: ``--trust_checkpoints`` of every command that loads a pre-segmenter (one text, one meaning)
 TRUST_HELP = ("Unpickle the pre-segmenter's checkpoints in full (torch.load(weights_only=False), as nnU-Net does): "
@@ -71,18 +71,30 @@ def add_sampling_options(group) -> None:
     group.add_argument("-steps", type=int, default=None,
                        help="Network evaluations from T' to 0. Default: the trainer's (PDDDPMTrainer: every step).")
     group.add_argument("-seed", type=int, default=0, help="Seed; the same seed gives the same outputs. Default: 0.")
+    group.add_argument("-preseg_weight", type=float, default=None,
+                       help="Mix the pre-segmenter's probabilities into the result: (1 - w) * ensemble mean + w * "
+                            "pre-segmenter, w in [0, 1]; the uncertainty stays the ensemble's. Default: 0.")
+    group.add_argument("-confidence_gate", type=float, default=None,
+                       help="Keep the ensemble's probabilities only where its largest mean class probability is at "
+                            "least this, elsewhere the pre-segmenter's; in (1/K, 1] for K classes. Default: no gate.")
 
 
 def add_uncertainty_options(group) -> None:
     group.add_argument("--vanilla", action="store_true",
                        help="Baseline: start from pure noise at T and run the full reverse process (no pre-segmenter).")
     group.add_argument("-uncertainty", choices=UNCERTAINTY_KINDS, default="variance",
-                       help="variance across the ensemble (paper), predictive entropy, or none. Default: variance.")
+                       help="variance across the ensemble (paper), predictive entropy, its aleatoric part "
+                            "expected_entropy (mean entropy of the members), its epistemic part mutual_information "
+                            "(entropy - expected_entropy: the members' disagreement), or none. Default: variance.")
     group.add_argument("--uncertainty_per_class", action="store_true",
                        help="Also write one map per foreground class (CASE_uncertainty_class1.nii.gz, ...): that "
                             "class's variance, or with entropy its binary entropy. CASE_uncertainty stays their mean.")
     group.add_argument("--soft_pre_segmentation", action="store_true",
                        help="Encode the pre-segmenter's probabilities (2p-1) instead of its argmax (paper: argmax).")
+    group.add_argument("--no_case_scores", action="store_true",
+                       help="Do not write uncertainty/case_scores.json (pairwise Dice of the samples, mean uncertainty "
+                            "per case), which keeps every sample's probabilities of a case in memory while it is "
+                            "sampled.")
 
 
 def add_performance_options(group) -> None:
@@ -108,6 +120,7 @@ def check_model_options(args: argparse.Namespace) -> None:
     check_at_least("-steps", args.steps, 1)
     check_at_least("-max_batch_size", args.max_batch_size, 1)
     performance_settings(args)
+    SamplingSettings(vanilla=getattr(args, "vanilla", False), **fusion_overrides(args))
     folds(args.f)
     folds(args.preseg_f)
     require_nnunet_results()
@@ -148,6 +161,12 @@ def sampling_overrides(args: argparse.Namespace) -> dict:
     """The sampling options given on the command line, as ``SamplingSettings`` fields (unset ones left out)."""
     given = {"t_prime": args.t_prime, "ensemble_size": args.ensemble_size, "sampler": args.sampler,
              "steps": args.steps, "seed": args.seed, "ensemble_per_fold": args.ensemble_per_fold or None}
+    return {k: v for k, v in given.items() if v is not None} | fusion_overrides(args)
+
+
+def fusion_overrides(args: argparse.Namespace) -> dict:
+    """``-preseg_weight`` and ``-confidence_gate`` as ``SamplingSettings`` fields (unset ones left out)."""
+    given = {"pre_segmentation_weight": args.preseg_weight, "confidence_gate": args.confidence_gate}
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -17,6 +17,7 @@ from nnunet_pdddpm.cli.checks import (
     dataset_name,
 )
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
+from nnunet_pdddpm.io_utils import LOCK_FILE, output_folder_lock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,9 +77,10 @@ def validate_args(args: argparse.Namespace) -> None:
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    """The input images (names, dimensionality, complete files, finite voxels) against the denoiser's
-    dataset.json and plans, before any checkpoint loads."""
-    check_inputs_against_model(args.i, dataset_name(args.d), args.tr, args.p, args.c, args.part_id, args.num_parts)
+    """The input images (names, dimensionality, one grid per case, complete files, finite voxels) and the
+    ``-preseg_probabilities`` files against the denoiser's dataset.json and plans, before any checkpoint loads."""
+    check_inputs_against_model(args.i, dataset_name(args.d), args.tr, args.p, args.c, args.part_id, args.num_parts,
+                               None if args.vanilla else args.preseg_probabilities)
 
 
 def check_sampling(args: argparse.Namespace, predictor) -> None:
@@ -104,7 +106,8 @@ def make_predictor(args: argparse.Namespace):
     predictor.initialize_from_trained_model_folder(denoiser_folder, options.folds(args.f), args.chk)
     sampling = predictor.sampling.with_overrides(
         **options.sampling_overrides(args), vanilla=args.vanilla, uncertainty=args.uncertainty,
-        uncertainty_per_class=args.uncertainty_per_class, soft_pre_segmentation=args.soft_pre_segmentation)
+        uncertainty_per_class=args.uncertainty_per_class, soft_pre_segmentation=args.soft_pre_segmentation,
+        case_scores=not args.no_case_scores)
     predictor.check_settings(sampling)
     pre_segmentation = None
     if not args.vanilla:
@@ -127,14 +130,16 @@ def make_predictor(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     args = options.parse_args(build_parser(), argv)
     validate_args(args)
-    check_inputs(args)
-    predictor = make_predictor(args)
-    check_sampling(args, predictor)
-    os.makedirs(args.o, exist_ok=True)
-    predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
-                                 overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,
-                                 num_processes_segmentation_export=args.nps, num_parts=args.num_parts,
-                                 part_id=args.part_id)
+    # parts of one run (-part_id of -num_parts) may share -o; two runs of one part may not
+    lock_name = LOCK_FILE if args.num_parts == 1 else f"{LOCK_FILE}_part{args.part_id}of{args.num_parts}"
+    with output_folder_lock(args.o, "-o", lock_name):
+        check_inputs(args)
+        predictor = make_predictor(args)
+        check_sampling(args, predictor)
+        predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
+                                     overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,
+                                     num_processes_segmentation_export=args.nps, num_parts=args.num_parts,
+                                     part_id=args.part_id)
 
 
 if __name__ == "__main__":

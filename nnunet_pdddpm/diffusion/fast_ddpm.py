@@ -9,7 +9,10 @@ Ho et al. eq. 6-7), and a step is a handful of elementwise ops on the device.
 
 The result equals ``scheduler.step(model_output, t, sample, generator=generators).prev_sample`` bit
 for bit on the CPU in float32 and float64 when the noise comes from :func:`per_sample_noise` with
-the same generators (``tests/inference/test_fast_paths.py``).
+the same generators (``tests/inference/test_fast_paths.py``), with one exception: the last step, to x_0,
+adds no noise. Its posterior variance is exactly 0, but diffusers clamps it to 1e-20 and, when that step
+starts above index 0 (``steps`` < T'), adds 1e-10 times fresh noise; without it every sampler ends exactly
+at its last x0 estimate (for a softmax denoiser: 2 softmax - 1).
 """
 from __future__ import annotations
 
@@ -84,15 +87,15 @@ class DDPMStepCoefficients:
                 beta_prod_t ** 0.5,
                 (alpha_prod_t_prev ** 0.5 * current_beta_t) / beta_prod_t,
                 current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t,
-                variance ** 0.5 if t > 0 else torch.zeros(()),
+                variance ** 0.5 if i + 1 < len(ts) else torch.zeros(()),  # the last step ends at x0
             ]))
         table = (torch.stack(rows) if rows else torch.zeros(0, 5)).to(device)
         return cls(tuple(ts), *table.unbind(1), prediction_type=cfg.prediction_type,
                    clip_range=float(cfg.clip_sample_range) if cfg.clip_sample else None)
 
     def adds_noise(self, i: int) -> bool:
-        """Whether step i draws ancestral noise (every step but the one at index 0); known on the host."""
-        return self.timesteps[i] > 0
+        """Whether step i draws ancestral noise (every step but the last, to x0); known on the host."""
+        return i + 1 < len(self.timesteps)
 
     def predict_x0(self, i: int, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The clipped x0 estimate of step i (diffusers' ``pred_original_sample``)."""

@@ -9,10 +9,12 @@ needs ``exclude_dir/CASE{file_ending}`` (same grid; nonzero = excluded, e.g. WMH
 masks kept by ``nnunet_pdddpm_convert_wmh2017``): those voxels are set to background in the reference
 and the prediction before every metric, the challenge's rule for its label 2 (``WMH_METRICS.md``).
 
-All files are checked (presence, size, geometry) from their headers, then for completeness and
-finite values in one pass over their stored voxels (SimpleITK reads a truncated file's missing part
-and NaN/inf as zeros), before any metric is computed; problems raise
-:class:`~nnunet_pdddpm.errors.PDDDPMUserError` with one sentence naming the case.
+All files are checked (presence, size, geometry) from their headers, then for completeness, finite
+values and sign (label maps and uncertainty maps are never negative) in one pass over their stored voxels
+(SimpleITK reads a truncated file's missing part and NaN/inf as zeros), before any metric is computed;
+label maps must hold integers only, probability files the contract of
+:mod:`nnunet_pdddpm.probability_files`. Problems raise :class:`~nnunet_pdddpm.errors.PDDDPMUserError`
+with one sentence naming the case, and a summary whose figures leave their range is never returned.
 Metrics per case and label come from :func:`~nnunet_pdddpm.evaluation.case_metrics.evaluate_case`.
 """
 from __future__ import annotations
@@ -35,16 +37,18 @@ from nnunet_pdddpm.evaluation.case_metrics import (
     evaluate_case,
 )
 from nnunet_pdddpm.evaluation.surface import Geometry
-from nnunet_pdddpm.image_integrity import IncompleteImageError, read_image_header, scan_voxels
+from nnunet_pdddpm.image_integrity import IncompleteImageError, grid_difference, read_image_header, scan_voxels
 from nnunet_pdddpm.output_names import UNCERTAINTY_SUFFIX
+from nnunet_pdddpm.probability_files import read_probabilities
 
 __all__ = ["evaluate_folders", "UNCERTAINTY_SUFFIX"]
 
 logger = logging.getLogger(__name__)
 
-# NIfTI stores geometry as float32; larger differences mean a different grid, not rounding.
-SPACING_ORIGIN_ATOL_MM = 1e-3
-DIRECTION_ATOL = 1e-4
+# The range of every figure a summary may hold (NaN aside: an empty mask has no HD95, no lesion precision).
+_FIGURE_RANGES = {"dice": (0, 1), "jaccard": (0, 1), "hd95": (0, np.inf), "lesion_recall": (0, 1),
+                  "lesion_precision": (0, 1), "lesion_f1": (0, 1), "avd": (0, np.inf), "ece": (0, 1),
+                  "brier": (0, 1), "uncertainty_auroc": (0, 1), "mean_uncertainty": (0, np.inf)}
 
 
 @dataclass(frozen=True)
@@ -95,21 +99,11 @@ def _pair_cases(
 
 def _check_same_grid(case: str, role: str, reference: sitk.ImageFileReader, other: sitk.ImageFileReader) -> None:
     """Raise if ``other`` (the prediction or uncertainty map) is not on the reference's grid."""
-    checks = (("size", reference.GetSize(), other.GetSize(), 0.0),
-              ("spacing", reference.GetSpacing(), other.GetSpacing(), SPACING_ORIGIN_ATOL_MM),
-              ("origin", reference.GetOrigin(), other.GetOrigin(), SPACING_ORIGIN_ATOL_MM),
-              ("direction", reference.GetDirection(), other.GetDirection(), DIRECTION_ATOL))
-    for name, ref_value, other_value, atol in checks:
-        if len(ref_value) != len(other_value) or not np.allclose(ref_value, other_value, rtol=0, atol=atol):
-            raise PDDDPMUserError(
-                f"Case '{case}': the {role}'s {name} {_rounded(other_value)} differs from the reference's "
-                f"{_rounded(ref_value)}; it must be on the reference's grid."
-            )
-
-
-def _rounded(values: Sequence[float]) -> tuple:
-    """Plain Python numbers for messages (numpy 2 would print ``np.int64(90)``)."""
-    return tuple(round(v, 4) for v in values)  # SimpleITK gives Python ints (size) and floats
+    difference = grid_difference(reference, other)
+    if difference is not None:
+        name, other_value, ref_value = difference
+        raise PDDDPMUserError(f"Case '{case}': the {role}'s {name} {other_value} differs from the reference's "
+                              f"{ref_value}; it must be on the reference's grid.")
 
 
 def _check_voxels(path: Path, case: str, role: str) -> None:
@@ -124,18 +118,28 @@ def _check_voxels(path: Path, case: str, role: str) -> None:
     if scan.n_non_finite:
         raise PDDDPMUserError(f"Case '{case}': the {role} {path} holds NaN or infinite values ({scan.n_non_finite} of "
                               f"{scan.n_voxels} voxels); replace it.")
+    if scan.minimum is not None and scan.minimum < 0:  # labels and uncertainties are never negative
+        what = "an uncertainty map" if role == "uncertainty map" else "a label map"
+        raise PDDDPMUserError(f"Case '{case}': the {role} {path} holds negative values (down to {scan.minimum:.4g}), "
+                              f"impossible in {what}; replace it.")
 
 
 def _read_label_map(path: Path, case: str, role: str) -> np.ndarray:
-    """Integer label array; a float map with non-integer values is binarised at >= 0.5 (WMH challenge rule)."""
+    """Integer label array (int64); a float file must hold whole numbers only.
+
+    A probability or soft map given as prediction is refused rather than thresholded: which threshold, and
+    whether 0.7 means label 1, is the user's decision (the WMH challenge's own script binarises at 0.5).
+    """
     array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     if not np.issubdtype(array.dtype, np.floating):
-        return array
-    if np.array_equal(array, np.round(array)):
-        return array.astype(np.int64)
-    if role == "prediction":
-        return (array >= 0.5).astype(np.int64)
-    raise PDDDPMUserError(f"Case '{case}': the {role} {path.name} holds non-integer values; expected a label map.")
+        return array.astype(np.int64, copy=False)
+    fractional = array != np.round(array)
+    if fractional.any():
+        example = float(array[fractional][0])
+        raise PDDDPMUserError(f"Case '{case}': the {role} {path.name} holds non-integer values "
+                              f"({int(fractional.sum())} voxels, e.g. {example:.4g}); expected a label map, so "
+                              f"threshold soft maps first (the WMH challenge binarises at 0.5).")
+    return array.astype(np.int64)
 
 
 def _check_values(case: str, role: str, array: np.ndarray, allowed: set[int]) -> None:
@@ -149,19 +153,14 @@ def _check_values(case: str, role: str, array: np.ndarray, allowed: set[int]) ->
 
 def _read_probabilities(path: Path, case: str, shape: tuple[int, ...], labels: Sequence[int]) -> np.ndarray:
     """(K, *shape) float array from nnU-Net's npz; a 2D case may carry nnU-Net's singleton z axis."""
-    with np.load(path) as npz:
-        if "probabilities" not in npz:
-            raise PDDDPMUserError(f"Case '{case}': {path.name} has no 'probabilities' array (nnU-Net's npz format).")
-        probabilities = npz["probabilities"].astype(np.float32)
+    probabilities = read_probabilities(path)
     if len(shape) == 2 and probabilities.ndim == 4 and probabilities.shape[1] == 1:
         probabilities = probabilities[:, 0]
     if probabilities.shape[1:] != shape or probabilities.shape[0] <= max(labels):
         raise PDDDPMUserError(
             f"Case '{case}': probabilities have shape {probabilities.shape}, expected (K > {max(labels)}, *{shape})."
         )
-    if probabilities.min() < -1e-3 or probabilities.max() > 1 + 1e-3:
-        raise PDDDPMUserError(f"Case '{case}': {path.name} holds values outside [0, 1]; expected softmax outputs.")
-    return np.clip(probabilities, 0.0, 1.0)
+    return probabilities
 
 
 def _discover_labels(cases: Sequence[_CaseFiles], excluded: set[int]) -> list[int]:
@@ -279,6 +278,7 @@ def evaluate_folders(
             "exclusion_file": None if files.exclusion is None else str(files.exclusion),
             "metrics": {str(label): values for label, values in metrics.items()},
         })
+    _check_figures(per_case)
     mean, n_nan = _summarise(per_case, labels, metric_names)
     foreground_mean = {name: _nanmean([mean[str(label)][name] for label in labels]) for name in metric_names}
     return {
@@ -297,6 +297,18 @@ def evaluate_folders(
         "foreground_mean": foreground_mean,
         "n_nan": n_nan,
     }
+
+
+def _check_figures(per_case: list[dict[str, Any]]) -> None:
+    """The inputs' contracts keep every figure in its range; this is the last guard that no impossible number
+    (a negative mean uncertainty, a Dice above 1, an infinite calibration error) reaches a summary."""
+    for case in per_case:
+        for label, values in case["metrics"].items():
+            for name, value in values.items():
+                low, high = _FIGURE_RANGES.get(name, (-np.inf, np.inf))
+                if not (np.isnan(value) or (low <= value <= high and np.isfinite(value))):
+                    raise RuntimeError(f"{name} of case {case['case']}, label {label} is {value}, outside "
+                                       f"[{low}, {high}]: a bug in the metric, please report it with this case.")
 
 
 def _nanmean(values: Sequence[float]) -> float:

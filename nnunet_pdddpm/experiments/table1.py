@@ -12,6 +12,7 @@ from pathlib import Path
 from nnunet_pdddpm.experiments.common import describe, metrics_row
 from nnunet_pdddpm.experiments.report import format_table, new_figure, save_figure, write_rows
 from nnunet_pdddpm.experiments.runner import ExperimentRunner
+from nnunet_pdddpm.inference.settings import FUSION_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ def run(runner: ExperimentRunner, output: Path, sampling: dict, vanilla_sampling
     pre = runner.pre_segmentation()
     pre_run = runner.run_pre_segmentation("pre_segmenter", pre)
     vanilla_changes = {k: v for k, v in (vanilla_sampling or {}).items() if v is not None}
-    vanilla = runner.settings(**{**sampling, **vanilla_changes}, vanilla=True)
+    vanilla_base = {k: v for k, v in sampling.items() if k not in FUSION_FIELDS}  # vanilla: no pre-segmentation
+    vanilla = runner.settings(**{**vanilla_base, **vanilla_changes}, vanilla=True)
     pd_ddpm = runner.settings(**sampling)
     rows = [
         {"method": "pre-segmenter", **metrics_row(pre_run),

@@ -3,9 +3,10 @@
 Every sample (patch p, fold f, member m) owns a generator seeded from (seed, case, f, p, m), used
 for its forward-diffusion noise and its ancestral noise, so its result does not depend on which
 other samples share its batch, nor on how cases are split across processes. Members of the same
-patch are combined into a mean probability map and a variance map (population variance over
-members and folds, averaged over classes: for a binary dataset, the variance of the foreground
-probability; per class on request), which are then aggregated over patches with nnU-Net's Gaussian weights.
+patch are combined into a mean probability map and an uncertainty map (``uncertainty.py``: by default the
+population variance over members and folds, averaged over classes; per class on request), which are then
+aggregated over patches with nnU-Net's Gaussian weights. For the case scores each member's patches are
+also stitched into a full-case map (``SamplingSettings.case_scores``).
 
 Which samples share a denoiser call is planned by ``batching.py`` (full batches, optionally padded to
 one shape for a compiled denoiser); how the denoiser is called (eager, channels-last, compiled) by
@@ -31,6 +32,7 @@ from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.batching import Batch, batch_size_for_budget, estimate_sample_bytes, plan_windows
 from nnunet_pdddpm.inference.compiled import SamplingDenoiser
 from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
+from nnunet_pdddpm.inference.uncertainty import MemberSums
 
 
 def case_seed(case_key: str | None) -> int:
@@ -52,18 +54,16 @@ class CaseResult:
     probabilities: (K, *shape), summing to 1 over K. uncertainty: (*shape), or None with ``-uncertainty none``.
     class_uncertainty: with ``uncertainty_per_class`` one map per class (K, *shape), else None. Float32.
     nfe: denoiser evaluations spent on the case (counted per sample; the pre-segmenter's are not included).
+    member_foreground: with ``case_scores``, (M, *shape) bool: each member's argmax is not background.
+    scores: the case's :func:`~nnunet_pdddpm.inference.uncertainty.case_scores` (``predict_case`` fills it in).
     """
 
     probabilities: torch.Tensor
     uncertainty: torch.Tensor | None
     class_uncertainty: torch.Tensor | None = None
     nfe: int = 0
-
-
-def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of the ensemble's mean class probabilities (K, *shape) -> (*shape): the total predictive
-    uncertainty (the variance across members plus what every member is unsure of)."""
-    return -(probabilities * probabilities.clamp_min(1e-8).log()).sum(0)
+    member_foreground: torch.Tensor | None = None
+    scores: dict | None = None
 
 
 def members_per_fold(settings: SamplingSettings, num_folds: int) -> tuple[int, ...]:
@@ -81,12 +81,6 @@ def members_per_fold(settings: SamplingSettings, num_folds: int) -> tuple[int, .
                               f"-ensemble_size {num_folds} or more, fewer folds, or --ensemble_per_fold.")
     share, rest = divmod(settings.ensemble_size, num_folds)
     return tuple(share + (f < rest) for f in range(num_folds))
-
-
-def binary_entropy(probabilities: torch.Tensor) -> torch.Tensor:
-    """Per class (K, *shape): the entropy (nats) of "this class or not" under the ensemble's mean probability."""
-    p = probabilities.clamp(1e-8, 1 - 1e-8)
-    return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
 def number_of_evaluations(num_patches: int, num_folds: int, settings: SamplingSettings, t_prime: int) -> int:
@@ -129,6 +123,8 @@ def sample_case(
     x0_pre: encoded pre-segmentation (K, *shape) in [-1, 1], or None for the vanilla baseline.
     slicers: nnU-Net's sliding-window slicers; each selects (channels, *patch) (2D configurations on 3D
     data index one slice). gaussian: nnU-Net's patch weights (*patch).
+    Memory on ``results_device``: the probabilities and maps (about K + 2 floats per voxel, 2K + 2 per class),
+    plus with ``settings.case_scores`` every member's stitched probabilities, M x K floats per voxel.
     """
     denoisers = [n if isinstance(n, SamplingDenoiser)
                  else SamplingDenoiser(n, autocast, performance.channels_last, performance.compile)
@@ -139,9 +135,14 @@ def sample_case(
     num_classes = denoisers[0].num_classes
     spatial = image.shape[1:]
     probs_acc = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=results_device)
-    per_class = settings.uncertainty_per_class  # a map per class costs as much memory as the probabilities
-    unc_acc = torch.zeros((num_classes, *spatial) if per_class else spatial, dtype=torch.float32,
-                          device=results_device)
+    kind = settings.uncertainty
+    unc_acc = None if kind == "none" else torch.zeros(spatial, dtype=torch.float32, device=results_device)
+    # a map per class costs as much memory as the probabilities
+    class_acc = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=results_device) \
+        if settings.uncertainty_per_class else None
+    member_acc = torch.zeros((num_members, num_classes, *spatial), dtype=torch.float32, device=results_device) \
+        if settings.case_scores else None
+    first_member = np.cumsum((0, *members[:-1])).tolist()  # fold f's members are first_member[f], ...
     weight_acc = torch.zeros(spatial, dtype=torch.float32, device=results_device)
     gaussian = gaussian.to(results_device, torch.float32)
     scheduler = make_ddpm_scheduler(config)
@@ -151,31 +152,32 @@ def sample_case(
     fixed_shape = any(d.compiled for d in denoisers)
 
     for window in plan_windows(len(slicers), members, batch_size, fixed_shape):
-        s1 = {p: 0.0 for p in window.patches}
-        s2 = {p: 0.0 for p in window.patches}
+        sums = {p: MemberSums(kind) for p in window.patches}
         for batch in window.batches:
             probs = _sample_batch(denoisers[batch.fold], image, x0_pre, slicers, batch, settings,
                                   performance.reference_sampler, config, scheduler, t_prime, cseed,
                                   on_step).to(results_device)
             for job, pr in zip(batch.jobs, probs):  # padding rows come last and are dropped
-                s1[job.patch] = s1[job.patch] + pr
-                s2[job.patch] = s2[job.patch] + pr * pr
+                sums[job.patch].add(pr)
+                if member_acc is not None:
+                    member_acc[first_member[batch.fold] + job.member][slicers[job.patch]] += pr * gaussian
         for p in window.patches:
-            mean = s1[p] / num_members
-            var = (s2[p] / num_members - mean * mean).clamp_min(0)
+            mean = sums[p].mean()
             sl = slicers[p]
             probs_acc[sl] += mean * gaussian
-            if per_class:
-                unc_acc[sl] += var * gaussian
-            else:
-                unc_acc[sl[1:]] += var.mean(0) * gaussian
+            if unc_acc is not None:
+                unc_acc[sl[1:]] += sums[p].scalar_map(mean) * gaussian
+            if class_acc is not None:
+                class_acc[sl] += sums[p].class_map(mean) * gaussian
             weight_acc[sl[1:]] += gaussian
     probs_acc /= weight_acc
-    unc_acc /= weight_acc
+    for acc in (unc_acc, class_acc):
+        if acc is not None:
+            acc /= weight_acc
+    # the argmax of a member's Gaussian-weighted sum is that of its weighted mean: no division needed
+    member_foreground = None if member_acc is None else member_acc.argmax(1) != 0
     nfe = number_of_evaluations(len(slicers), len(denoisers), settings, t_prime)
-    if per_class:
-        return CaseResult(probs_acc, unc_acc.mean(0), unc_acc, nfe)
-    return CaseResult(probs_acc, unc_acc, None, nfe)
+    return CaseResult(probs_acc, unc_acc, class_acc, nfe, member_foreground)
 
 
 def _sample_batch(denoiser: SamplingDenoiser, image, x0_pre, slicers, batch: Batch, settings, reference_sampler: bool,

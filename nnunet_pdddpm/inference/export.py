@@ -1,21 +1,27 @@
 """Export of a sampled case to the input's geometry, through nnU-Net's own resampling and cropping.
 
-Files are written under temporary names and renamed; the segmentation is written last, so its
-presence means the case is complete (``--continue_prediction`` relies on that).
+Files are written under temporary names, read back and renamed (``io_utils.atomic_path``); the segmentation
+is written last, so its presence means the case is complete (``--continue_prediction`` still checks each
+file, as a disk can fail in other ways).
 """
 from __future__ import annotations
+
+import contextlib
+import pickle
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from batchgenerators.utilities.file_and_folder_operations import save_pickle
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_pdddpm.errors import PDDDPMUserError
-from nnunet_pdddpm.io_utils import atomic_path
+from nnunet_pdddpm.image_integrity import verify_written_image
+from nnunet_pdddpm.io_utils import atomic_path, write_bytes_atomic
 from nnunet_pdddpm.output_names import UNCERTAINTY_SUFFIX
+from nnunet_pdddpm.probability_files import verify_written_probabilities
 
 
 def uncertainty_to_original_geometry(uncertainty: torch.Tensor | np.ndarray, properties: dict,
@@ -54,8 +60,30 @@ def write_float_image(array: np.ndarray, properties: dict, filename: str) -> Non
     image.SetSpacing(geo["spacing"])
     image.SetOrigin(geo["origin"])
     image.SetDirection(geo["direction"])
-    with atomic_path(filename) as tmp:
-        sitk.WriteImage(image, tmp, True)
+    with atomic_path(filename, lambda tmp: verify_written_image(tmp, image.GetSize())) as tmp:
+        with _writer_errors():
+            sitk.WriteImage(image, tmp, True)
+
+
+@contextlib.contextmanager
+def _writer_errors() -> Iterator[None]:
+    """SimpleITK raises ``RuntimeError`` with a C++ trace when it cannot open a file; make it an ``OSError``
+    whose text is ITK's last line, so ``atomic_path`` reports it like any other failed write."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise OSError(None, str(e).strip().splitlines()[-1]) from None
+
+
+def _segmentation_check(seg: np.ndarray, properties: dict):
+    """``verify`` for ``atomic_path``: the written segmentation reads back whole, with ``seg``'s size.
+
+    Only for SimpleITK's formats (``sitk_stuff`` recorded); other readers' files are checked by size on disk.
+    """
+    if "sitk_stuff" not in properties:
+        return None
+    shape = seg.shape[1:] if len(properties["sitk_stuff"]["spacing"]) == seg.ndim - 1 else seg.shape
+    return lambda tmp: verify_written_image(tmp, tuple(reversed(shape)))
 
 
 def export_case(probabilities: torch.Tensor, uncertainty: torch.Tensor | None, properties: dict,
@@ -90,9 +118,11 @@ def export_case(probabilities: torch.Tensor, uncertainty: torch.Tensor | None, p
         return_probabilities=save_probabilities)
     seg = result[0] if save_probabilities else result
     if save_probabilities:
-        with atomic_path(output_file_truncated + ".npz") as tmp:
-            np.savez_compressed(tmp, probabilities=result[1].astype(np.float32))
-        with atomic_path(output_file_truncated + ".pkl") as tmp:
-            save_pickle(properties, tmp)
-    with atomic_path(output_file_truncated + ending) as tmp:
-        rw.write_seg(seg, tmp, properties)
+        probabilities = result[1].astype(np.float32)
+        with atomic_path(output_file_truncated + ".npz",
+                         lambda tmp: verify_written_probabilities(tmp, probabilities.shape)) as tmp:
+            np.savez_compressed(tmp, probabilities=probabilities)
+        write_bytes_atomic(pickle.dumps(properties), output_file_truncated + ".pkl")
+    with atomic_path(output_file_truncated + ending, _segmentation_check(seg, properties)) as tmp:
+        with _writer_errors():
+            rw.write_seg(seg, tmp, properties)

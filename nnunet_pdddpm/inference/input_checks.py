@@ -5,18 +5,24 @@ import os
 import re
 from os.path import basename, isfile, join
 
-import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import load_json, subfiles
 from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
 
 from nnunet_pdddpm.errors import PDDDPMUserError
-from nnunet_pdddpm.image_integrity import IncompleteImageError, scan_voxels
+from nnunet_pdddpm.image_integrity import IncompleteImageError, grid_difference, scan_voxels
+from nnunet_pdddpm.probability_files import read_probabilities
 
 # A channel file's name: CASE_XXXX.<ending>; used to spot images that nnU-Net would skip for their ending.
 _CHANNEL_FILE = re.compile(r".+_\d{4}\..+")
+_CHANNEL_NUMBER = re.compile(r".+_(\d{4})\.[^_]+")
 # nnU-Net's Tiff3DIO reads the spacing of CASE_XXXX.tif from CASE_XXXX.json next to it.
 _SIDECAR_ENDINGS = (".json",)
+# The largest |voxel| we accept. nnU-Net normalises in float32 (z-score: mean, then the mean of squared
+# deviations): one voxel of 1e20 squares to 1e40 > float32's 3.4e38, the variance becomes inf and the whole
+# channel 0, and the case is still predicted. 1e15 squares to 1e30, so a sum of squares stays finite up to
+# 3e8 voxels (a 700^3 volume), far above any intensity a scanner writes.
+MAX_ABS_VOXEL = 1e15
 # Files whose voxels passed, by (path, size, mtime): the CLI checks before loading models and the predictor
 # checks again for users of the Python API; this keeps the voxel pass to one per file.
 _passed: set[tuple[str, int, int]] = set()
@@ -44,7 +50,13 @@ def check_file_endings(folder: str, file_ending: str) -> None:
     ``CASE_XXXX.*`` files with another ending than the dataset's ``file_ending`` are skipped by nnU-Net
     without a word; ``*<file_ending>`` files without the 4-digit channel number are misread.
     """
-    names = [f for f in os.listdir(folder) if not f.startswith(".") and isfile(join(folder, f))]
+    entries = [f for f in os.listdir(folder) if not f.startswith(".")]
+    unlisted = sorted(f for f in entries if f.endswith(file_ending) and not isfile(join(folder, f)))
+    if unlisted:  # nnU-Net lists regular files only: a case with such a channel would vanish from the count
+        raise PDDDPMUserError(f"{len(unlisted)} entr{'y' if len(unlisted) == 1 else 'ies'} in {folder} named like "
+                              f"images cannot be read as files (a broken link or a folder) and would be skipped: "
+                              f"{_some(unlisted)}; replace them with the image files or remove them.")
+    names = [f for f in entries if isfile(join(folder, f))]
     wrong = sorted(f for f in names if _CHANNEL_FILE.fullmatch(f) and not f.endswith(file_ending)
                    and not f.endswith(_SIDECAR_ENDINGS))
     if wrong:
@@ -107,6 +119,10 @@ def check_case_files(case: str, files: list[str], num_channels: int, model_ndim:
         raise PDDDPMUserError(f"Case {case} has {len(files)} channel files but the model expects {num_channels} "
                               f"(CASE_0000{file_ending} ... CASE_{num_channels - 1:04d}{file_ending}); "
                               f"add or remove files.")
+    numbers = [m.group(1) if (m := _CHANNEL_NUMBER.fullmatch(basename(f))) else "" for f in files]
+    if sorted(numbers) != [f"{i:04d}" for i in range(num_channels)]:
+        raise PDDDPMUserError(f"Case {case} has the channel files {', '.join(sorted(map(basename, files)))} but the "
+                              f"model expects the channels 0000 ... {num_channels - 1:04d}; rename them.")
     first = None
     for f in files:
         if not os.access(f, os.R_OK):
@@ -130,12 +146,13 @@ def check_case_files(case: str, files: list[str], num_channels: int, model_ndim:
                                   f"{model_ndim}D; use a 2d configuration for 2D images.")
         if first is None:
             first = image
-        elif image.GetSize() != first.GetSize() or not np.allclose(image.GetSpacing(), first.GetSpacing(),
-                                                                     rtol=1e-3):
-            raise PDDDPMUserError(f"The channels of case {case} differ in size or spacing ({basename(f)}: "
-                                  f"{image.GetSize()} at {np.round(image.GetSpacing(), 3).tolist()} vs "
-                                  f"{first.GetSize()} at {np.round(first.GetSpacing(), 3).tolist()}); "
-                                  f"resample them to one grid.")
+        elif (difference := grid_difference(first, image)) is not None:
+            # nnU-Net stops for size and spacing but only warns for origin and direction, then predicts every
+            # channel on the first one's grid: a silently misregistered input
+            name, value, expected = difference
+            raise PDDDPMUserError(f"The channels of case {case} are not on one grid: the {name} of "
+                                  f"{basename(f)} is {value}, of {basename(files[0])} {expected}; resample them to "
+                                  f"one grid (same size, spacing, origin and direction).")
     for f in files:
         check_voxels(f)
 
@@ -157,4 +174,28 @@ def check_voxels(f: str) -> None:
                               f"{scan.n_voxels}); replace them before predicting.")
     if not scan.any_nonzero:
         raise PDDDPMUserError(f"Input file {f} is empty (all voxels are zero); check the file.")
+    largest = max(abs(scan.minimum or 0.0), abs(scan.maximum or 0.0))
+    if largest > MAX_ABS_VOXEL:
+        raise PDDDPMUserError(f"Input file {f} holds a voxel of magnitude {largest:.3g}, beyond {MAX_ABS_VOXEL:.0e}, "
+                              f"which overflows nnU-Net's float32 intensity normalisation; rescale the image or "
+                              f"replace the outlier.")
     _passed.add(key)
+
+
+def check_pre_segmentation_files(folder: str, cases: dict[str, list[str]], dataset_json: dict) -> None:
+    """Each case's ``folder/CASE.npz`` exists and holds probabilities over the dataset's classes (see
+    :mod:`nnunet_pdddpm.probability_files`) on the grid of the case's first channel file."""
+    num_classes = len(dataset_json["labels"])
+    for case, files in cases.items():
+        path = join(folder, f"{case}.npz")
+        if not isfile(path):
+            raise PDDDPMUserError(f"No pre-segmentation probabilities for case {case} in {folder} (expected "
+                                  f"{case}.npz from nnUNetv2_predict --save_probabilities).")
+        probabilities = read_probabilities(path, num_classes)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        reader.ReadImageInformation()
+        shape = tuple(reversed(reader.GetSize()))
+        if tuple(probabilities.shape[1:]) not in (shape, (1, *shape)):
+            raise PDDDPMUserError(f"{path} has shape {probabilities.shape[1:]}, which does not match the image of "
+                                  f"case {case} {shape}; use probabilities predicted for these images.")

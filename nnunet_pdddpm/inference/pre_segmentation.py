@@ -3,9 +3,10 @@
 Either any trained nnU-Net model folder (run over the whole case with nnU-Net's own sliding
 window; its checkpoints are read without running code unless ``trust_checkpoints``: see
 ``nnunet_pdddpm/checkpoints.py``), or a folder of ``--save_probabilities`` ``.npz`` files written by
-``nnUNetv2_predict`` for any model. Both yield softmax probabilities (K, *preprocessed shape) in the denoiser's
-preprocessed space. :class:`PreSegmentation` names the interface every source shares (also the degraded
-and all-background ones of ``experiments/pre_segmentations.py``).
+``nnUNetv2_predict`` for any model (checked by ``probability_files.read_probabilities``). Both yield
+softmax probabilities (K, *preprocessed shape) in the denoiser's preprocessed space. :class:`PreSegmentation`
+names the interface every source shares (also the degraded and all-background ones of
+``experiments/pre_segmentations.py``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunet_pdddpm.discovery import ensure_trainer_discovery
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.nnunet_model import initialize_from_model_folder
+from nnunet_pdddpm.probability_files import read_probabilities
 
 
 @runtime_checkable
@@ -91,13 +93,7 @@ class NpzPreSegmentation:
     def probabilities(self, data: torch.Tensor, properties: dict, case_key: str | None) -> torch.Tensor:
         """Load, transpose, crop and resample the stored probabilities exactly as nnU-Net preprocesses images."""
         self.check_case(case_key)
-        with np.load(self.file_for(case_key)) as f:
-            if "probabilities" not in f:
-                raise PDDDPMUserError(f"{self.file_for(case_key)} has no 'probabilities' array.")
-            probs = f["probabilities"].astype(np.float32)
-        if probs.shape[0] != self.num_classes:
-            raise PDDDPMUserError(f"{self.file_for(case_key)} has {probs.shape[0]} classes but the denoiser has "
-                                  f"{self.num_classes}; use probabilities of a model of the same dataset.")
+        probs = read_probabilities(self.file_for(case_key), self.num_classes)
         if tuple(probs.shape[1:]) != tuple(properties["shape_before_cropping"][i]
                                           for i in self.plans_manager.transpose_backward):
             raise PDDDPMUserError(f"{self.file_for(case_key)} has shape {probs.shape[1:]}, which does not match the "

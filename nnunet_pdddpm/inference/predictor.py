@@ -7,7 +7,8 @@ resampling and export are reused.
 :meth:`PDDDPMPredictor.predict_case` is a function of its arguments: the sampling settings and the
 pre-segmentation (any :class:`PreSegmentation`) are passed in, and everything measured (probabilities,
 uncertainty, NFE) comes back in a :class:`CaseResult`. nnU-Net's file-based calls (``predict_from_files``)
-use the settings and pre-segmentation given once to :meth:`PDDDPMPredictor.configure`.
+use the settings and pre-segmentation given once to :meth:`PDDDPMPredictor.configure`. nnU-Net's other
+public calls sample the same way or refuse with the call to use instead (``nnunet_entry_points.py``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import functools
 import logging
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from os.path import basename, isdir, isfile, join
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from batchgenerators.utilities.file_and_folder_operations import load_json, maybe_mkdir_p
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.utilities.helpers import empty_cache
@@ -33,13 +35,12 @@ from tqdm import tqdm
 from nnunet_pdddpm.checkpoints import load_checkpoint_safe, state_dict_problem
 from nnunet_pdddpm.diffusion import DiffusionConfig, encode_probabilities, hard_onehot
 from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.image_integrity import image_file_problem, read_image_header
 from nnunet_pdddpm.inference.compiled import DenoiserCache
 from nnunet_pdddpm.inference.ensemble_sampling import (
     CaseResult,
-    binary_entropy,
     members_per_fold,
     number_of_evaluations,
-    predictive_entropy,
     sample_case,
 )
 from nnunet_pdddpm.inference.export import (
@@ -47,20 +48,37 @@ from nnunet_pdddpm.inference.export import (
     export_case,
     uncertainty_to_original_geometry,
 )
+from nnunet_pdddpm.inference.fusion import fuse_with_pre_segmentation
 from nnunet_pdddpm.inference.input_checks import check_cases, input_cases
+from nnunet_pdddpm.inference.nnunet_entry_points import NNUNetEntryPoints
 from nnunet_pdddpm.inference.pre_segmentation import (
     ModelPreSegmenter,
     PreSegmentation,
     _checked_folds,
     check_compatible,
 )
+from nnunet_pdddpm.inference.scores_file import record_case_scores
 from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
 from nnunet_pdddpm.inference.t_prime_sweep import read_auto_t_prime
+from nnunet_pdddpm.inference.uncertainty import case_scores
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs
-from nnunet_pdddpm.output_names import UNCERTAINTY_FOLDER, UNCERTAINTY_SUFFIX
+from nnunet_pdddpm.output_names import CASE_SCORES_FILE, UNCERTAINTY_FOLDER, UNCERTAINTY_SUFFIX
 from nnunet_pdddpm.precision import autocast
+from nnunet_pdddpm.probability_files import probability_file_problem
 
 logger = logging.getLogger(__name__)
+MISSING = "it is missing"
+
+
+def _wait_for_exports(pending: set[Future], at_most: int) -> set[Future]:
+    """Wait until at most ``at_most`` of the ``pending`` exports run or wait; re-raise the first failure."""
+    while True:
+        for future in [f for f in pending if f.done()]:
+            pending.discard(future)
+            future.result()
+        if len(pending) <= at_most:
+            return pending
+        wait(pending, return_when=FIRST_COMPLETED)
 
 
 def _load_denoiser_checkpoint(path: str) -> dict:
@@ -87,7 +105,11 @@ def _check_labels(path: str, pdddpm_settings: dict, dataset_labels) -> None:
                               f"{expected}; use the dataset.json the denoiser was trained with.")
 
 
-class PDDDPMPredictor(nnUNetPredictor):
+class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
+    #: Finished cases that may queue for an export thread while the next case is sampled (nnU-Net: 2 per worker
+    #: pool); each holds its probabilities and uncertainty maps in memory.
+    max_cases_waiting_for_export = 1
+
     def __init__(self, tile_step_size: float = 0.5, use_gaussian: bool = True, use_mirroring: bool = True,
                  perform_everything_on_device: bool = True, device: torch.device = torch.device("cuda"),
                  verbose: bool = False, verbose_preprocessing: bool = False, allow_tqdm: bool = True,
@@ -174,7 +196,8 @@ class PDDDPMPredictor(nnUNetPredictor):
         if self.sampling is None:
             s = pdddpm_settings["sampling"]
             self.sampling = SamplingSettings(t_prime=s["t_prime"], ensemble_size=s["ensemble_size"],
-                                             sampler=s["sampler"], steps=s["steps"])
+                                             sampler=s["sampler"], steps=s["steps"],
+                                             soft_pre_segmentation=bool(s.get("soft_pre_segmentation", False)))
         self.check_settings(self.sampling)
 
     def check_settings(self, settings: SamplingSettings) -> None:
@@ -192,6 +215,11 @@ class PDDDPMPredictor(nnUNetPredictor):
                 f"This denoiser ({self.trainer_name}) was trained on timesteps below {self.trained_timesteps} "
                 f"(its timestep_range), so {asked} would run it where it never learned; use -t_prime "
                 f"{self.trained_timesteps} or less, or a denoiser trained on all timesteps.")
+        num_classes = self.label_manager.num_segmentation_heads
+        if settings.confidence_gate is not None and settings.confidence_gate <= 1 / num_classes:
+            raise PDDDPMUserError(f"-confidence_gate must be above 1/K = {1 / num_classes:.3g} for these K = "
+                                  f"{num_classes} classes (the largest class probability is never below it), got "
+                                  f"{settings.confidence_gate}.")
 
     def configure(self, sampling: SamplingSettings | None = None,
                   pre_segmentation: PreSegmentation | None = None) -> None:
@@ -216,10 +244,13 @@ class PDDDPMPredictor(nnUNetPredictor):
     def predict_case(self, data: torch.Tensor, properties: dict, case_key: str | None,
                      sampling: SamplingSettings | None = None, pre_segmentation: PreSegmentation | None = None,
                      performance: PerformanceSettings | None = None) -> CaseResult:
-        """Sample a preprocessed case (C, *shape) -> probabilities (K, *shape), uncertainty (*shape) or None, NFE.
+        """Sample a preprocessed case (C, *shape) -> probabilities (K, *shape), uncertainty (*shape) or None, NFE,
+        case scores (with ``sampling.case_scores``).
 
         ``sampling``, ``pre_segmentation`` and ``performance`` default to those of :meth:`configure` and the
         constructor; the result depends on nothing else (and on ``sampling.seed``, not on batch layout).
+        With ``-preseg_weight`` or ``-confidence_gate`` the probabilities are fused with the pre-segmenter's after
+        aggregation over patches (``fusion.py``); the uncertainty maps and scores stay the ensemble's.
         """
         sampling = self.sampling if sampling is None else sampling
         pre_segmentation = self.pre_segmentation if pre_segmentation is None else pre_segmentation
@@ -247,18 +278,17 @@ class PDDDPMPredictor(nnUNetPredictor):
                                     dtype=torch.float32) if self.use_gaussian else torch.ones(patch, device=results)
         result = self._sample_with_oom_fallback(padded, x0_pre, slicers, gaussian, case_key, results, sampling,
                                                 performance)
-        probs = result.probabilities[(slice(None), *revert[1:])].cpu()
-        per_class = None
-        if sampling.uncertainty == "none":
-            unc = None
-        elif sampling.uncertainty == "entropy":
-            unc = predictive_entropy(probs)
-            per_class = binary_entropy(probs) if sampling.uncertainty_per_class else None
-        else:
-            unc = result.uncertainty[tuple(revert[1:])].cpu()
-            if result.class_uncertainty is not None:
-                per_class = result.class_uncertainty[(slice(None), *revert[1:])].cpu()
-        return CaseResult(probs, unc, per_class, result.nfe)
+        final = result.probabilities
+        if sampling.fuses_pre_segmentation:
+            final = fuse_with_pre_segmentation(final, probs.to(results), sampling.pre_segmentation_weight,
+                                               sampling.confidence_gate)
+        crop, per_class_crop = tuple(revert[1:]), (slice(None), *revert[1:])
+        unc = None if result.uncertainty is None else result.uncertainty[crop].cpu()
+        per_class = None if result.class_uncertainty is None else result.class_uncertainty[per_class_crop].cpu()
+        scores = None if result.member_foreground is None else case_scores(
+            result.member_foreground[per_class_crop].cpu(), result.probabilities[per_class_crop].cpu(), unc,
+            sampling.uncertainty)
+        return CaseResult(final[per_class_crop].cpu(), unc, per_class, result.nfe, scores=scores)
 
     def _sample_with_oom_fallback(self, padded, x0_pre, slicers, gaussian, case_key, results,
                                   sampling: SamplingSettings, performance: PerformanceSettings) -> CaseResult:
@@ -294,7 +324,8 @@ class PDDDPMPredictor(nnUNetPredictor):
                                        folder_with_segs_from_prev_stage=None, overwrite=True, part_id=0, num_parts=1,
                                        save_probabilities=False):
         """nnU-Net's bookkeeping, plus: inputs are checked up front, and with ``--continue_prediction`` a case
-        counts as done only when its uncertainty map exists too.
+        counts as done only when each of its outputs (segmentation, uncertainty maps, npz) reads back whole, on
+        the grid of the case's input; damaged ones are named in the log and predicted again.
 
         A folder is listed by :func:`input_cases` (nnU-Net's identifiers and file matching, same order): nnU-Net's
         ``create_lists_from_splitted_dataset_folder`` forks a 12-process ``Pool`` just to list files, and that
@@ -309,7 +340,12 @@ class PDDDPMPredictor(nnUNetPredictor):
             folder_with_segs_from_prev_stage, True, part_id, num_parts, save_probabilities)
         self._check_input_lists(lists, outputs)
         if not overwrite and outputs is not None:
-            keep = [i for i, o in enumerate(outputs) if not self._case_complete(o, save_probabilities)]
+            problems = [self._output_problems(o, files[0], save_probabilities) for o, files in zip(outputs, lists)]
+            keep = [i for i, found in enumerate(problems) if found]
+            damaged = [f"{basename(f)} ({why})" for found in problems for f, why in found.items()
+                       if why != MISSING]
+            if damaged:
+                logger.info(f"Predicting again {len(damaged)} damaged output(s): {'; '.join(damaged)}.")
             logger.info(f"{len(outputs) - len(keep)} cases already predicted; {len(keep)} to go.")
             lists, outputs, prev = [lists[i] for i in keep], [outputs[i] for i in keep], [prev[i] for i in keep]
         if not self.sampling.vanilla and self.pre_segmentation is not None and outputs is not None:
@@ -317,9 +353,13 @@ class PDDDPMPredictor(nnUNetPredictor):
                 self.pre_segmentation.check_case(basename(o))
         return lists, outputs, prev
 
+    def _uncertainty_folder(self, output_truncated: str) -> str:
+        """Where the maps and ``case_scores.json`` go: ``-o_uncertainty``, else ``uncertainty/`` beside the output."""
+        return self.uncertainty_folder or join(os.path.dirname(output_truncated), UNCERTAINTY_FOLDER)
+
     def _uncertainty_file(self, output_truncated: str) -> str:
-        folder = self.uncertainty_folder or join(os.path.dirname(output_truncated), UNCERTAINTY_FOLDER)
-        return join(folder, basename(output_truncated) + UNCERTAINTY_SUFFIX + self.dataset_json["file_ending"])
+        return join(self._uncertainty_folder(output_truncated),
+                    basename(output_truncated) + UNCERTAINTY_SUFFIX + self.dataset_json["file_ending"])
 
     def _class_uncertainty_files(self, output_truncated: str) -> list[str]:
         """One map per foreground class (``CASE_uncertainty_class1.nii.gz`` ...) with --uncertainty_per_class."""
@@ -328,14 +368,31 @@ class PDDDPMPredictor(nnUNetPredictor):
         return class_uncertainty_files(self._uncertainty_file(output_truncated), self.label_manager,
                                        self.dataset_json["file_ending"])
 
-    def _case_complete(self, output_truncated: str, save_probabilities: bool) -> bool:
-        files = [output_truncated + self.dataset_json["file_ending"]]
+    def _output_problems(self, output_truncated: str, source_file: str, save_probabilities: bool) -> dict[str, str]:
+        """{output file: why it cannot be kept} for a case whose first input channel is ``source_file``; empty
+        when the case is complete. Images must read back whole on the source's grid (checked for SimpleITK's
+        formats; others only for presence), the npz must hold the case's probabilities."""
+        images = [output_truncated + self.dataset_json["file_ending"]]
         if self.sampling.uncertainty != "none":
-            files.append(self._uncertainty_file(output_truncated))
-        files += self._class_uncertainty_files(output_truncated)
+            images.append(self._uncertainty_file(output_truncated))
+        images += self._class_uncertainty_files(output_truncated)
+        problems = {f: MISSING for f in images if not isfile(f)}
+        if save_probabilities and not isfile(output_truncated + ".npz"):
+            problems[output_truncated + ".npz"] = MISSING
+        if problems or not issubclass(self.plans_manager.image_reader_writer_class, SimpleITKIO):
+            return problems
+        source = read_image_header(source_file)
+        for f in images:
+            if (why := image_file_problem(f, source)) is not None:
+                problems[f] = why
         if save_probabilities:
-            files.append(output_truncated + ".npz")
-        return all(isfile(f) for f in files)
+            shape = tuple(reversed(source.GetSize()))
+            shape = (1, *shape) if len(shape) == 2 else shape  # nnU-Net reads 2D images as (1, y, x)
+            why = probability_file_problem(output_truncated + ".npz", self.label_manager.num_segmentation_heads,
+                                           shape)
+            if why is not None:
+                problems[output_truncated + ".npz"] = why
+        return problems
 
     def _check_input_lists(self, lists: list[list[str]], outputs: list[str] | None) -> None:
         """nnU-Net names each output after its case identifier; without outputs the cases are numbered."""
@@ -347,9 +404,15 @@ class PDDDPMPredictor(nnUNetPredictor):
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = 2):
         """Sample each case on the device while up to ``num_processes_segmentation_export`` threads export
-        earlier ones (resampling and writing release the GIL)."""
-        results, pending = [], []
-        with ThreadPoolExecutor(max(1, num_processes_segmentation_export)) as pool:
+        earlier ones (resampling and writing release the GIL).
+
+        As in nnU-Net's predictor, at most one case more than there are export threads waits for its export
+        (each holds its probabilities and uncertainty maps): sampling pauses until a slot frees, so memory
+        does not grow with the number of cases. A failed export stops the run at once.
+        """
+        results, pending = [], set()
+        workers = max(1, num_processes_segmentation_export)
+        with ThreadPoolExecutor(workers) as pool:
             for item in tqdm(data_iterator, desc="cases", unit="case", disable=not self.allow_tqdm):
                 data = item["data"]
                 if isinstance(data, str):
@@ -361,14 +424,17 @@ class PDDDPMPredictor(nnUNetPredictor):
                 if ofile is None:
                     results.append(result)
                     continue
+                if result.scores is not None:  # per case: a crash later keeps the finished cases' scores
+                    record_case_scores(join(self._uncertainty_folder(ofile), CASE_SCORES_FILE), {case: result.scores})
                 unc_file = self._uncertainty_file(ofile) if result.uncertainty is not None else None
                 if unc_file is not None:
                     maybe_mkdir_p(os.path.dirname(unc_file))
-                pending.append(pool.submit(export_case, result.probabilities, result.uncertainty, properties,
-                                           self.plans_manager, self.configuration_manager, self.dataset_json,
-                                           ofile, save_probabilities, unc_file, result.class_uncertainty))
-            for p in pending:
-                p.result()
+                pending.add(pool.submit(export_case, result.probabilities, result.uncertainty, properties,
+                                        self.plans_manager, self.configuration_manager, self.dataset_json,
+                                        ofile, save_probabilities, unc_file, result.class_uncertainty))
+                del result, data
+                pending = _wait_for_exports(pending, workers + self.max_cases_waiting_for_export)
+            _wait_for_exports(pending, 0)
         compute_gaussian.cache_clear()
         return results
 

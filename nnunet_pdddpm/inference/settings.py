@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass, replace
 from nnunet_pdddpm.diffusion import SAMPLERS
 from nnunet_pdddpm.errors import PDDDPMUserError
 
-UNCERTAINTY_KINDS = ("variance", "entropy", "none")
+#: the maps of ``uncertainty.py``; ``none`` writes no map
+UNCERTAINTY_KINDS = ("variance", "entropy", "expected_entropy", "mutual_information", "none")
+#: the settings that mix the pre-segmenter's probabilities into the result (meaningless for vanilla sampling)
+FUSION_FIELDS = ("pre_segmentation_weight", "confidence_gate")
 
 
 def check_at_least(flag: str, value: int | float | None, low: int | float) -> None:
@@ -30,10 +33,19 @@ class SamplingSettings:
     ensemble_per_fold: every fold draws ``ensemble_size`` samples instead (F x N in all, as before 0.2).
     sampler / steps: ``ddpm`` (ancestral, every step unless ``steps``), ``ddim`` or ``dpm++`` with ``steps``.
     vanilla: the baseline: pure noise at T and the full reverse process (no pre-segmentation).
-    uncertainty: ``variance`` across the ensemble (paper), predictive ``entropy``, or ``none``.
+    uncertainty: ``variance`` across the ensemble (paper), predictive ``entropy``, its split into
+        ``expected_entropy`` (aleatoric) and ``mutual_information`` (the members' disagreement), or ``none``.
     uncertainty_per_class: also return one uncertainty map per class (variance of that class's probability,
-        or with ``entropy`` its binary entropy); the scalar map stays the mean over classes.
+        or with ``entropy`` its binary entropy); the scalar map is unchanged.
     soft_pre_segmentation: encode the pre-segmenter's probabilities as 2p - 1 instead of its argmax.
+    pre_segmentation_weight (flag ``-preseg_weight``): final probabilities = (1 - w) ensemble mean + w
+        pre-segmenter's probabilities.
+    confidence_gate: a voxel keeps the ensemble's (fused) probabilities only where the ensemble mean's largest class
+        probability reaches the gate, elsewhere the pre-segmenter's; valid in (1/K, 1] (the largest of K
+        probabilities is never below 1/K, so a lower gate never keeps the pre-segmentation), checked in (0, 1]
+        here and against K by the predictor.
+    case_scores: also score each case (pairwise Dice of the members, mean uncertainty); stitching every
+        member's patches costs M x K floats per voxel while a case is sampled.
     """
 
     t_prime: int = 300
@@ -46,6 +58,9 @@ class SamplingSettings:
     uncertainty: str = "variance"
     uncertainty_per_class: bool = False
     soft_pre_segmentation: bool = False
+    pre_segmentation_weight: float = 0.0
+    confidence_gate: float | None = None
+    case_scores: bool = True
 
     def __post_init__(self) -> None:
         check_at_least("-t_prime", self.t_prime, 0)
@@ -58,6 +73,21 @@ class SamplingSettings:
         if self.uncertainty_per_class and self.uncertainty == "none":
             raise PDDDPMUserError("--uncertainty_per_class needs an uncertainty: use -uncertainty variance or "
                                   "entropy.")
+        if self.uncertainty_per_class and self.uncertainty not in ("variance", "entropy", "none"):
+            raise PDDDPMUserError(f"--uncertainty_per_class is defined for -uncertainty variance and entropy only "
+                                  f"(a class's variance or binary entropy), not {self.uncertainty}.")
+        if not 0 <= self.pre_segmentation_weight <= 1:
+            raise PDDDPMUserError(f"-preseg_weight must be in [0, 1], got {self.pre_segmentation_weight}.")
+        if self.confidence_gate is not None and not 0 < self.confidence_gate <= 1:
+            raise PDDDPMUserError(f"-confidence_gate must be in (1/K, 1] for K classes, got {self.confidence_gate}.")
+        if self.vanilla and self.fuses_pre_segmentation:
+            raise PDDDPMUserError("-preseg_weight and -confidence_gate mix in the pre-segmenter's probabilities, "
+                                  "which --vanilla does not use; drop them or --vanilla.")
+
+    @property
+    def fuses_pre_segmentation(self) -> bool:
+        """Whether the result mixes in the pre-segmenter's probabilities (``fusion.py``)."""
+        return self.pre_segmentation_weight > 0 or self.confidence_gate is not None
 
     def with_overrides(self, **changes) -> SamplingSettings:
         """These settings with ``changes`` (None values ignored); a new ``sampler`` without ``steps`` drops the

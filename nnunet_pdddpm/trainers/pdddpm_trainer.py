@@ -16,8 +16,10 @@ changes a run (see ``variants.py``), and everything is stored in the checkpoint 
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import warnings
 from os.path import isdir
 
 import numpy as np
@@ -31,9 +33,11 @@ from torch import nn
 
 from nnunet_pdddpm.checkpoints import load_checkpoint_safe
 from nnunet_pdddpm.diffusion import (
+    SAMPLERS,
     DiffusionConfig,
     diffuse,
     encode_labels,
+    encode_probabilities,
     make_ddpm_scheduler,
     model_output,
     predict_x0,
@@ -51,6 +55,10 @@ from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
 from nnunet_pdddpm.trainers.update_guard import NonFiniteMonitor, make_adam, step_unless
 
 PRE_SEGMENTATION_SOURCES = ("simulated", "pre_segmenter", "out_of_fold")
+# class attributes that were renamed: a subclass that still sets the old name gets it applied, with a warning
+RENAMED_ATTRIBUTES = {"sampling_steps": "steps"}
+# the warm start's value that finds the pre-segmenter as the final validation does
+WARM_START_FROM_PRE_SEGMENTER = "pre_segmenter"
 
 
 class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
@@ -67,6 +75,7 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
     ensemble_size: int = 5
     sampler: str = "ddpm"
     steps: int | None = None  # network evaluations from T' to 0; None: every step
+    soft_pre_segmentation: bool = False  # diffuse the pre-segmenter's probabilities (2p - 1) instead of its argmax
     # T' candidates of the final validation's sweep (automatic T', ``inference/t_prime_sweep.py``); () for none.
     # Values above the training timestep range are skipped.
     t_prime_sweep: tuple[int, ...] = (50, 100, 200, 300, 400, 500)
@@ -81,6 +90,13 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
     # case out segments it: the errors it makes on unseen cases; ``training_pre_segmenter.py``)
     pre_segmentation_errors: float = 0.0
     pre_segmentation_source: str = "simulated"
+    # with a trained pre-segmenter as source: diffuse its probabilities (2p - 1), as sampling with
+    # soft_pre_segmentation does, instead of its argmax
+    pre_segmentation_soft: bool = False
+    # start the denoiser as a trained PlainConvUNet (``networks/warm_start.py``): "pre_segmenter" finds it as the
+    # final validation does (same dataset, plans, configuration and fold), or the path of its checkpoint; None
+    # trains from scratch. Needs the softmax x0 output, so that the initial x0 estimate is nnU-Net's softmax
+    warm_start: str | None = None
     # pre-segmenters searched for the final validation, in this order (same dataset, plans, configuration, fold):
     # nnunet_pdddpm_predict's default -preseg_tr first, then the paper's attention U-Net
     pre_segmenter_trainers: tuple[str, ...] = (DEFAULT_PRE_SEGMENTER_TRAINER, "PDDDPMAttUNetTrainer")
@@ -90,6 +106,20 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
     noise_draws_per_image: int = 1
     # --- numerical safety ---
     max_consecutive_nonfinite: int = 20
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A subclass that sets a renamed attribute keeps working: the old name is applied to the new one with a
+        warning; setting both is refused, since one of them would be ignored."""
+        super().__init_subclass__(**kwargs)
+        for old, new in RENAMED_ATTRIBUTES.items():
+            if old not in cls.__dict__:
+                continue
+            if new in cls.__dict__:
+                raise PDDDPMUserError(f"{cls.__name__} sets both {old} and {new}; {old} is the old name of {new}: "
+                                      f"keep only {new}.")
+            warnings.warn(f"{cls.__name__}.{old} is deprecated and will be removed in 0.3; set {new} instead (the "
+                          f"value is used as {new}).", FutureWarning, stacklevel=2)
+            setattr(cls, new, cls.__dict__[old])
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -104,7 +134,9 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
         self.nonfinite = NonFiniteMonitor(lambda: self.max_consecutive_nonfinite, self.print_to_log_file)
         self.draws_per_image = 1  # set with the batch size
         self.training_pre_segmenter: nn.Module | None = None  # set in initialize for pre_segmentation_source
+        self.warm_start_source: str | None = None  # the checkpoint the warm start read (set at the start of training)
         self._check_supported_labels()
+        self._check_sampling_attributes()
         self._check_training_options()
 
     # ---------------------------------------------------------------- set-up
@@ -119,9 +151,35 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
                 "PD-DDPM does not support nnU-Net's ignore label; remove the 'ignore' label from dataset.json."
             )
 
+    def _check_sampling_attributes(self) -> None:
+        """The final validation's sampling settings, checked before any training and named as attributes."""
+        name = type(self).__name__
+        T = self.diffusion_config.num_train_timesteps
+        problems = []
+        if not isinstance(self.t_prime, int) or not 0 <= self.t_prime <= T:
+            problems.append(f"t_prime must be an integer in [0, {T}], got {self.t_prime!r}")
+        if not isinstance(self.ensemble_size, int) or self.ensemble_size < 1:
+            problems.append(f"ensemble_size must be an integer of at least 1, got {self.ensemble_size!r}")
+        if self.sampler not in SAMPLERS:
+            problems.append(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            problems.append(f"steps must be None (every step) or an integer of at least 1, got {self.steps!r}")
+        if any(not isinstance(t, int) or not 0 < t <= T for t in self.t_prime_sweep):
+            problems.append(f"t_prime_sweep must hold integers in (0, {T}], got {self.t_prime_sweep!r}")
+        if problems:
+            raise PDDDPMUserError(f"{name}.{problems[0]}.")
+
     def _check_training_options(self) -> None:
         T = self.diffusion_config.num_train_timesteps
         name = type(self).__name__
+        if self.warm_start is not None and self.diffusion_config.output_activation != "softmax":
+            raise PDDDPMUserError(f"{name}.warm_start needs diffusion_config = DiffusionConfig(prediction_type="
+                                  f"'sample', output_activation='softmax'): the warm-started network outputs nnU-Net's "
+                                  f"class logits.")
+        if self.pre_segmentation_soft and self.pre_segmentation_source == "simulated":
+            raise PDDDPMUserError(f"{name}.pre_segmentation_soft needs a trained pre-segmenter as "
+                                  f"pre_segmentation_source ('pre_segmenter' or 'out_of_fold'): simulated errors "
+                                  f"have no probabilities.")
         if self.timestep_range is not None and not self.t_prime <= self.timestep_range <= T:
             raise PDDDPMUserError(f"{name}.timestep_range must lie between t_prime ({self.t_prime}) and T ({T}), "
                                   f"got {self.timestep_range}; the denoiser is evaluated at every t < t_prime.")
@@ -168,6 +226,11 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
                                                               num_output_channels))
 
     def initialize(self) -> None:
+        if _pretrained_weights_requested():
+            raise PDDDPMUserError(
+                f"nnUNetv2_train -pretrained_weights loads a checkpoint as a full pickle and by key names that the "
+                f"denoiser does not have; to start {type(self).__name__} from a trained nnU-Net, set the class "
+                f"attribute warm_start = 'pre_segmenter' (or the checkpoint's path) in a subclass instead.")
         if self.preprocessed_dataset_folder is not None and not isdir(self.preprocessed_dataset_folder):
             raise PDDDPMUserError(
                 f"Configuration '{self.configuration_name}' of {self.plans_manager.dataset_name} is not preprocessed "
@@ -181,6 +244,46 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
             from nnunet_pdddpm.trainers.training_pre_segmenter import load_training_pre_segmenter
 
             self.training_pre_segmenter = load_training_pre_segmenter(self)
+
+    def on_train_start(self) -> None:
+        """nnU-Net's start of training, then the warm start of a new run (a resumed one keeps its weights)."""
+        super().on_train_start()
+        if self.warm_start is not None and self.current_epoch == 0:
+            self._warm_start()
+
+    def warm_start_checkpoint(self) -> str:
+        """The checkpoint the denoiser starts from (``warm_start``); one sentence if there is none."""
+        if self.warm_start != WARM_START_FROM_PRE_SEGMENTER:
+            if not os.path.isfile(self.warm_start):
+                raise PDDDPMUserError(f"{type(self).__name__}.warm_start names {self.warm_start}, which does not "
+                                      f"exist; give the path of a trained nnU-Net's checkpoint_final.pth.")
+            return self.warm_start
+        from nnunet_pdddpm.trainers.validation import find_pre_segmenter_folder
+
+        folder = find_pre_segmenter_folder(self)
+        if folder is None:
+            raise PDDDPMUserError(
+                f"{type(self).__name__} starts from its pre-segmenter, but none of "
+                f"{', '.join(self.pre_segmenter_trainers)} has a checkpoint_final.pth for fold {self.fold} of "
+                f"{self.plans_manager.dataset_name} ({self.configuration_name}); train it first (nnUNetv2_train "
+                f"{self.plans_manager.dataset_name} {self.configuration_name} {self.fold} -tr "
+                f"{self.pre_segmenter_trainers[0]}).")
+        return os.path.join(folder, f"fold_{self.fold}", "checkpoint_final.pth")
+
+    def _warm_start(self) -> None:
+        from nnunet_pdddpm.checkpoints import load_nnunet_checkpoint, trust_checkpoints_from_env
+        from nnunet_pdddpm.networks.warm_start import warm_start_denoiser
+
+        path = self.warm_start_checkpoint()
+        checkpoint = load_nnunet_checkpoint(path, map_location="cpu", trust_checkpoints=trust_checkpoints_from_env())
+        if "network_weights" not in checkpoint:
+            raise PDDDPMUserError(f"{path} is not an nnU-Net checkpoint (no network_weights); give the checkpoint "
+                                  f"of a model trained with nnUNetv2_train.")
+        warm_start_denoiser(self._bare_network(), checkpoint["network_weights"], path)
+        self.ema = EMA(self._bare_network(), self.ema_decay)  # the average starts at the warm weights too
+        self.warm_start_source = path
+        self.print_to_log_file(f"Warm start: the denoiser starts as the network of {path} "
+                               f"({checkpoint.get('trainer_name', 'unknown trainer')}); noisy-mask inputs start at 0")
 
     def _set_batch_size_and_oversample(self) -> None:
         """nnU-Net's (per-GPU) batch, divided between images and ``noise_draws_per_image`` draws of each."""
@@ -224,24 +327,28 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
     def _noisy_input(self, data: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
                      noise: torch.Tensor | None = None, error_fraction: float = 0.0, keys: list[str] | None = None):
         """(x0 of the ground truth, noise, x_t); with ``error_fraction`` that share of the samples is diffused
-        from an imperfect mask (``_imperfect_masks``) instead of the ground truth."""
+        from an imperfect start (``_imperfect_starts``) instead of the ground truth."""
         x0 = encode_labels(target, self.labels)
         noise = torch.randn_like(x0) if noise is None else noise
         start = x0
         if error_fraction > 0:
-            wrong = encode_labels(self._imperfect_masks(data, target, keys), list(range(len(self.labels))))
+            wrong = self._imperfect_starts(data, target, keys)
             rows = (torch.rand(x0.shape[0], device=x0.device) < error_fraction).reshape(-1, *([1] * (x0.ndim - 1)))
             start = torch.where(rows, wrong, x0)
         x_t = diffuse(self.scheduler, start, noise, timesteps)
         return x0, noise, x_t
 
-    def _imperfect_masks(self, data: torch.Tensor, target: torch.Tensor, keys: list[str] | None) -> torch.Tensor:
-        """Class indices (B, 1, ...) of a mask with a pre-segmenter's errors (``pre_segmentation_source``)."""
+    def _imperfect_starts(self, data: torch.Tensor, target: torch.Tensor, keys: list[str] | None) -> torch.Tensor:
+        """Encoded starts (B, K, ...) in [-1, 1] with a pre-segmenter's errors (``pre_segmentation_source``): its
+        one-hot argmax, or with ``pre_segmentation_soft`` its probabilities as 2p - 1 (what soft sampling diffuses)."""
+        classes = list(range(len(self.labels)))
         if self.training_pre_segmenter is None:
-            return simulate_pre_segmentation_errors(self._label_indices(target), len(self.labels))
+            return encode_labels(simulate_pre_segmentation_errors(self._label_indices(target), len(classes)), classes)
         with torch.no_grad(), self._autocast():
-            logits = self.training_pre_segmenter(data, keys)
-        return logits.argmax(1, keepdim=True)
+            logits = self.training_pre_segmenter(data, keys).float()
+        if self.pre_segmentation_soft:
+            return encode_probabilities(torch.softmax(logits, 1))
+        return encode_labels(logits.argmax(1, keepdim=True), classes)
 
     def _label_indices(self, target: torch.Tensor) -> torch.Tensor:
         """nnU-Net label values (B, 1, ...) -> channel indices of the mask encoding (background 0)."""
@@ -339,10 +446,12 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
             "labels": self.labels,
             "num_image_channels": self.num_input_channels,
             "sampling": {"t_prime": self.t_prime, "ensemble_size": self.ensemble_size, "sampler": self.sampler,
-                         "steps": self.steps},
+                         "steps": self.steps, "soft_pre_segmentation": self.soft_pre_segmentation},
             "training": {"timestep_range": self.max_training_timestep,
                          "pre_segmentation_errors": self.pre_segmentation_errors,
-                         "pre_segmentation_source": self.pre_segmentation_source},
+                         "pre_segmentation_source": self.pre_segmentation_source,
+                         "pre_segmentation_soft": self.pre_segmentation_soft,
+                         "warm_start": self.warm_start, "warm_start_source": self.warm_start_source},
         }
 
     def checkpoint_contents(self) -> dict:
@@ -361,6 +470,7 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
             raise PDDDPMUserError(f"{filename_or_checkpoint} is not a PDDDPMTrainer checkpoint (no EMA weights).")
         super().load_checkpoint(checkpoint)
         self.ema.load_state_dict(checkpoint["ema"])
+        self.warm_start_source = checkpoint.get("pdddpm", {}).get("training", {}).get("warm_start_source")
 
     # ---------------------------------------------------------------- final validation
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
@@ -369,3 +479,14 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
 
         run_final_validation(self, save_probabilities)
 
+
+
+def _pretrained_weights_requested() -> bool:
+    """True inside nnU-Net's ``maybe_load_checkpoint`` with ``-pretrained_weights``: it initialises the trainer and
+    then unpickles the file in full (``weights_only=False``), so the refusal has to come from ``initialize``."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "maybe_load_checkpoint" and frame.f_locals.get("pretrained_weights_file"):
+            return True
+        frame = frame.f_back
+    return False

@@ -21,18 +21,23 @@ foreground oversampling are instance attributes that ``nnUNetTrainer.__init__`` 
 """
 from __future__ import annotations
 
+from os.path import join
 from typing import Any, Mapping
 
 import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
 from nnunet_pdddpm.diffusion import DiffusionConfig
+from nnunet_pdddpm.discovery import DEFAULT_PRE_SEGMENTER_TRAINER
+from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.networks.from_plans import with_features
 from nnunet_pdddpm.trainers.attunet_trainer import PDDDPMAttUNetTrainer
 from nnunet_pdddpm.trainers.pdddpm_trainer import PDDDPMTrainer
 from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
+from nnunet_pdddpm.trainers.update_guard import make_adam
 
 
 # ---------------------------------------------------------------- mixins (put before the trainer in the bases)
@@ -93,6 +98,70 @@ class _OutOfFoldErrors(_PreSegmenterErrors):
     pre_segmentation_source = "out_of_fold"
 
 
+class _Refiner:
+    """The refiner recipe: the denoiser starts as the pre-segmenter (an nnU-Net of the same fold), reads its
+    output as class logits fitted with nnU-Net's Dice + CE, and half of its training samples are diffused from
+    the pre-segmenter's out-of-fold probabilities (2p - 1): the starts it will see at inference, where sampling
+    diffuses the pre-segmenter's probabilities too. Half, not all: after the first reverse step the state is a
+    noisy copy of the denoiser's own estimate, closer to the ground truth than to the start, and the samples
+    diffused from the ground truth teach that part of the chain."""
+
+    diffusion_config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
+    warm_start = "pre_segmenter"
+    pre_segmentation_errors = 0.5
+    pre_segmentation_source = "out_of_fold"
+    pre_segmentation_soft = True
+    soft_pre_segmentation = True
+    timestep_range = 300
+    t_prime = 100
+    t_prime_sweep = (25, 50, 100, 200, 300)
+
+
+class _NarrowNetwork:
+    """nnU-Net's network of the plans with stage ``i`` at ``min(base_features * 2**i, max_features)`` features
+    (mixin, before the trainer). Applied in ``build_network_architecture``, which nnU-Net also calls at inference,
+    so training and prediction build the same network."""
+
+    base_features: int = 16
+    max_features: int = 128
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        narrow = with_features(configuration_manager, cls.base_features, cls.max_features)
+        return super().build_network_architecture(plans_manager, narrow, num_input_channels, num_output_channels,
+                                                  enable_deep_supervision)
+
+
+class _ContinuesPreSegmenter:
+    """A plain nnU-Net that continues the fold's pre-segmenter (``pre_segmenter_trainers[0]``) with the refiner's
+    optimiser (Adam at ``initial_lr``, constant): the refiner's training without diffusion (mixin, first)."""
+
+    pre_segmenter_trainers: tuple[str, ...] = ()
+
+    def configure_optimizers(self):
+        optimizer = make_adam(self.network.parameters(), lr=self.initial_lr, weight_decay=1e-5)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.0)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.current_epoch > 0:  # resumed: its own checkpoint holds the weights
+            return
+        from nnunet_pdddpm.checkpoints import load_nnunet_checkpoint, trust_checkpoints_from_env
+        from nnunet_pdddpm.trainers.validation import find_pre_segmenter_folder
+
+        folder = find_pre_segmenter_folder(self)
+        if folder is None:
+            raise PDDDPMUserError(f"{type(self).__name__} continues {self.pre_segmenter_trainers[0]}, which has no "
+                                  f"checkpoint_final.pth for fold {self.fold}; train it first.")
+        path = join(folder, f"fold_{self.fold}", "checkpoint_final.pth")
+        weights = load_nnunet_checkpoint(path, trust_checkpoints=trust_checkpoints_from_env())["network_weights"]
+        network = self.network.module if self.is_ddp else self.network
+        getattr(network, "_orig_mod", network).load_state_dict(weights)
+        self.print_to_log_file(f"Continuing the network of {path}")
+
+
 _TINY_RUN = {"num_epochs": 2, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 2}
 
 
@@ -119,6 +188,25 @@ class PDDDPMTrainer_tiny_preseg(_SegmentationOutput, _PreSegmenterErrors, PDDDPM
 
 class PDDDPMAttUNetTrainer_tiny(_InitSettings, PDDDPMAttUNetTrainer):
     init_settings = _TINY_RUN
+
+
+class nnUNetTrainer_tiny(_NarrowNetwork, _InitSettings, SeededTrainingMixin, nnUNetTrainer):
+    """Plain nnU-Net at the tiny denoiser's width (8-32), a few iterations: the refiner's starting point in tests."""
+
+    base_features = 8
+    max_features = 32
+    init_settings = _TINY_RUN
+
+
+class PDDDPMTrainer_tiny_refiner(_Refiner, PDDDPMTrainer_tiny):
+    pre_segmenter_trainers = ("nnUNetTrainer_tiny",)
+    timestep_range = 20
+    t_prime = 10
+    t_prime_sweep = (5, 10, 20)
+
+
+class nnUNetTrainer_tiny_more(_ContinuesPreSegmenter, nnUNetTrainer_tiny):
+    pre_segmenter_trainers = ("nnUNetTrainer_tiny",)
 
 
 # ---------------------------------------------------------------- the paper's regime
@@ -171,6 +259,13 @@ class PDDDPMTrainer_oof(_OutOfFoldErrors, PDDDPMTrainer_preseg):
     """``_preseg`` with out-of-fold predictions (needs every fold of the pre-segmenter)."""
 
 
+class PDDDPMTrainer_refiner(_Refiner, PDDDPMTrainer):
+    """The refiner (:class:`_Refiner`) of the user's ``nnUNetTrainer``: needs its five folds (out-of-fold starts),
+    and has the plan's width, as ``nnUNetTrainer`` has."""
+
+    pre_segmenter_trainers = (DEFAULT_PRE_SEGMENTER_TRAINER,)
+
+
 # ---------------------------------------------------------------- the CPU demo
 class PDDDPMTrainer_demoCPU(_InitSettings, PDDDPMTrainer):
     """The CPU demo's denoiser: narrow, 300 iterations at a higher learning rate than the paper's 1e-4.
@@ -193,20 +288,17 @@ class PDDDPMTrainer_demoCPU(_InitSettings, PDDDPMTrainer):
                        "oversample_foreground_percent": 1.0, "initial_lr": 1e-3}
 
 
-class _DemoCPUSegmenterBudget(_InitSettings):
+class _DemoCPUSegmenterBudget(_NarrowNetwork, _InitSettings):
     """The CPU demo's segmentation budget (mixin, before the trainer): 800 iterations of at most 6 patches, every
     patch with lesion voxels, the plan's network narrowed to 16-128 features.
 
     A segmenter trained this briefly on small lesions first predicts background only, and how long it stays
     there depends on the seed: with the plan's batch of 13 and 400 iterations, seed 1 never left it (Dice 0,
     the failure a new user saw), seed 0 left it after ~100 iterations. Twice the updates at half the batch
-    (about the same compute) left it after ~325 iterations at seed 1 (validation Dice 0.84). The width is
-    applied in ``build_network_architecture``, which nnU-Net also calls at inference, so training and
-    prediction build the same network.
+    (about the same compute) left it after ~325 iterations at seed 1 (validation Dice 0.84). The width is the demo's
+    16-128 (:class:`_NarrowNetwork`).
     """
 
-    base_features = 16
-    max_features = 128
     max_batch_size = 6
     init_settings = {"num_epochs": 32, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 2,
                        "oversample_foreground_percent": 1.0}
@@ -214,14 +306,6 @@ class _DemoCPUSegmenterBudget(_InitSettings):
     def _set_batch_size_and_oversample(self) -> None:
         super()._set_batch_size_and_oversample()
         self.batch_size = min(self.batch_size, self.max_batch_size)
-
-    @classmethod
-    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        narrow = with_features(configuration_manager, cls.base_features, cls.max_features)
-        return super().build_network_architecture(plans_manager, narrow, num_input_channels, num_output_channels,
-                                                  enable_deep_supervision)
 
 
 class PDDDPMAttUNetTrainer_demoCPU(_DemoCPUSegmenterBudget, PDDDPMAttUNetTrainer):
@@ -277,6 +361,34 @@ class PDDDPMTrainer_demoCPU_presegNN(PDDDPMTrainer_demoCPU_preseg):
 class nnUNetTrainer_demoCPU(_DemoCPUSegmenterBudget, SeededTrainingMixin, nnUNetTrainer):
     """Plain nnU-Net (its U-Net, loss and schedule) at the same budget: the yardstick a user already has, for the
     fidelity benchmark."""
+
+
+class PDDDPMTrainer_refinerCPU(_Refiner, PDDDPMTrainer_demoCPU):
+    """The refiner of ``nnUNetTrainer_refinerCPU`` at the CPU budget (300 iterations of the plan's batch 13, the
+    demo's width 16-128, Adam at 1e-3): the refiner benchmark's PD-DDPM."""
+
+    pre_segmenter_trainers = ("nnUNetTrainer_refinerCPU",)
+    init_settings = {**PDDDPMTrainer_demoCPU.init_settings}
+
+
+class nnUNetTrainer_refinerCPU_more(_ContinuesPreSegmenter, _NarrowNetwork, _InitSettings, SeededTrainingMixin,
+                                    nnUNetTrainer):
+    """The same nnU-Net trained the refiner's budget more: starts from ``nnUNetTrainer_refinerCPU``'s checkpoint of
+    the fold, and trains as :class:`PDDDPMTrainer_refinerCPU` does (300 iterations of 13 patches with lesions,
+    Adam at 1e-3, constant), with nnU-Net's own network, loss and deep supervision. The yardstick of the refiner
+    benchmark: what the refiner's training would give without diffusion."""
+
+    pre_segmenter_trainers = ("nnUNetTrainer_refinerCPU",)
+    init_settings = {**PDDDPMTrainer_demoCPU.init_settings}
+    base_features = 16
+    max_features = 128
+
+
+class nnUNetTrainer_refinerCPU(nnUNetTrainer_demoCPU):
+    """Plain nnU-Net at the demo's width trained to its plateau on two cores (1200 iterations of 6): the model a
+    user would refine, and the starting point of the refiner benchmark (``benchmarks/benchmark_refiner.py``)."""
+
+    init_settings = {**nnUNetTrainer_demoCPU.init_settings, "num_epochs": 48}
 
 
 class nnUNetTrainer_demoCPU_long(nnUNetTrainer_demoCPU):

@@ -82,7 +82,9 @@ def test_tensor_step_equals_diffusers_step(dtype, atol, prediction_type, steps, 
         noise = per_sample_noise(out, gens_fast) if coeffs.adds_noise(i) else None
         fast = coeffs.step(i, out, x, noise)
         assert fast.dtype == ref.dtype
-        torch.testing.assert_close(fast, ref, atol=atol, rtol=0)
+        # diffusers' last step above index 0 adds sqrt(1e-20) * noise (its variance clamp); ours ends at x0
+        last_above_0 = i == len(timesteps) - 1 and t > 0
+        torch.testing.assert_close(fast, ref, atol=max(atol, 1e-9) if last_above_0 else atol, rtol=0)
         x = ref
 
 

@@ -31,7 +31,7 @@ def test_good_case_passes(tmp_path):
     ("nan", "NaN or infinite voxels"),
     ("zero", "is empty (all voxels are zero)"),
     ("2d", "is a 2D image but the model's configuration is 3D"),
-    ("grid", "The channels of case c differ in size or spacing"),
+    ("grid", "The channels of case c are not on one grid: the size of c_0001.nii.gz is (6, 6, 4)"),
     ("count", "Case c has 1 channel files but the model expects 2"),
     ("garbage", "is not a readable image"),
     ("nan_nifti", "contains NaN or infinite voxels (2 of 120)"),

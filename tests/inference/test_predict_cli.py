@@ -1,4 +1,5 @@
 """``nnunet_pdddpm_predict`` end to end on generated NIfTI files, and its refusals of bad input."""
+import json
 import os
 import shutil
 import subprocess
@@ -67,6 +68,24 @@ def test_two_parts_give_the_same_files_as_one_run(first_run, tmp_path):
     ua, ub = arrays(out / "uncertainty"), arrays(tmp_path / "parts" / "uncertainty")
     for f in ua:
         np.testing.assert_array_equal(ua[f], ub[f])
+    # each part merged its case into the one scores file
+    assert case_scores(tmp_path / "parts") == case_scores(out)
+
+
+def case_scores(out):
+    return json.loads((out / "uncertainty" / "case_scores.json").read_text())
+
+
+def test_case_scores_list_every_case_with_finite_values(first_run):
+    root, _, out = first_run
+    scores = case_scores(out)
+    cases = sorted(f.name.replace("_0000.nii.gz", "") for f in (root / "raw" / DATASET / "imagesTs").iterdir())
+    assert sorted(scores) == cases
+    for case, s in scores.items():
+        assert s["uncertainty"] == "variance"
+        values = [s["pairwise_dice"], s["mean_uncertainty_foreground"], s["mean_uncertainty"]]
+        assert all(isinstance(v, float) and np.isfinite(v) for v in values), (case, s)
+        assert 0 <= s["pairwise_dice"] <= 1 and s["mean_uncertainty"] >= 0 and s["mean_uncertainty_foreground"] >= 0
 
 
 def test_continue_prediction_only_predicts_what_is_missing(first_run, tmp_path):
@@ -114,6 +133,19 @@ def test_bad_inputs_get_one_clear_sentence(first_run, tmp_path):
     msg = _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"), *COMMON, "-tr", "PDDDPMAttUNetTrainer_tiny"])
     assert "was not written by PDDDPMTrainer" in msg
     assert not (tmp_path / "o").exists() or not any(p.suffix == ".gz" for p in (tmp_path / "o").rglob("*"))
+
+
+def test_bad_fusion_and_uncertainty_flags_get_one_clear_sentence(first_run, tmp_path):
+    root, env, _ = first_run
+    args = ["-i", str(root / "raw" / DATASET / "imagesTs"), "-o", str(tmp_path / "o"), *COMMON]
+    assert "-preseg_weight must be in [0, 1], got 1.5." in _fails(env, [*args, "-preseg_weight", "1.5"])
+    assert "-confidence_gate must be in (1/K, 1]" in _fails(env, [*args, "-confidence_gate", "0"])
+    assert "--vanilla does not use" in _fails(env, [*args, "-confidence_gate", "0.9", "--vanilla"])
+    # known only once the model is loaded: two classes, so the gate must exceed 1/2
+    assert "-confidence_gate must be above 1/K = 0.5" in _fails(env, [*args, "-confidence_gate", "0.5"])
+    assert "variance and entropy only" in _fails(env, [*args, "-uncertainty", "mutual_information",
+                                                       "--uncertainty_per_class"])
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.json"))
 
 
 def test_help_explains_every_flag():

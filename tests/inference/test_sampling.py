@@ -91,8 +91,12 @@ def test_variance_is_zero_for_one_member_and_positive_for_several(env, pre_segme
     one = make_predictor(env, pre_segmenter, ensemble_size=1, t_prime=300, sampler="ddpm", steps=10)
     several = make_predictor(env, pre_segmenter, ensemble_size=4, t_prime=300, sampler="ddpm", steps=10)
     assert torch.all(one.predict_case(data, props, "case_003").uncertainty == 0)
-    unc = several.predict_case(data, props, "case_003").uncertainty
-    assert unc.max() > 1e-3 and unc.min() >= 0
+    result = several.predict_case(data, props, "case_003")
+    unc, foreground = result.uncertainty, result.probabilities[1]
+    assert unc.max() > 1e-3
+    # a probability's variance is at most mean (1 - mean) (Bhatia-Davis; averaging over patches keeps the bound,
+    # p (1 - p) being concave): a map not divided by the number of members, or of another quantity, exceeds it
+    assert torch.all(unc <= foreground * (1 - foreground) + 1e-5)
 
 
 def test_same_seed_same_result_other_seed_differs(env, pre_segmenter, case):
@@ -106,10 +110,25 @@ def test_same_seed_same_result_other_seed_differs(env, pre_segmenter, case):
 
 
 def test_entropy_uncertainty_is_predictive_entropy(env, pre_segmenter, case):
+    """One patch per slice: the per-patch entropy aggregated over patches is that of the mean probabilities."""
     data, props = case
     r = make_predictor(env, pre_segmenter, uncertainty="entropy").predict_case(data, props, "case_003")
     p = r.probabilities
     torch.testing.assert_close(r.uncertainty, -(p * p.clamp_min(1e-8).log()).sum(0))
+
+
+def test_fusion_and_gate_change_the_probabilities_not_the_uncertainty(env, pre_segmenter, case):
+    data, props = case
+    kw = dict(ensemble_size=3, t_prime=300, sampler="ddpm", steps=10)
+    ensemble = make_predictor(env, pre_segmenter, **kw).predict_case(data, props, "case_003")
+    fused = make_predictor(env, pre_segmenter, pre_segmentation_weight=0.3, confidence_gate=0.9,
+                           **kw).predict_case(data, props, "case_003")
+    pre = pre_segmenter.probabilities(data, props, "case_003").float()
+    confident = ensemble.probabilities.amax(0) >= 0.9
+    assert 0 < confident.float().mean() < 1  # both kinds of voxels occur
+    torch.testing.assert_close(fused.probabilities, torch.where(confident, 0.7 * ensemble.probabilities + 0.3 * pre,
+                                                                pre), atol=1e-6, rtol=0)
+    assert torch.equal(fused.uncertainty, ensemble.uncertainty) and fused.scores == ensemble.scores
 
 
 def test_out_of_memory_falls_back_to_smaller_batches(env, pre_segmenter, case):

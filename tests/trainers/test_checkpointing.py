@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -64,18 +66,34 @@ def test_ema_warmup_and_update():
     assert other.num_updates == 2 and torch.equal(other.shadow.weight, ema.shadow.weight)
 
 
-def test_concurrent_atomic_writers_do_not_remove_each_others_folder(tmp_path):
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
+def test_a_writer_finishing_while_another_computes_keeps_the_others_file(tmp_path):
     from nnunet_pdddpm.io_utils import atomic_path
 
-    def write(i):
-        with atomic_path(tmp_path / f"f{i}.txt") as tmp:
-            time.sleep(0.002)  # a writer that computes before it opens the file (SimpleITK, np.savez)
-            with open(tmp, "w") as f:
-                f.write(str(i))
+    with atomic_path(tmp_path / "slow.txt") as slow:  # computes before it opens its file (SimpleITK, np.savez)
+        with atomic_path(tmp_path / "fast.txt") as fast:
+            Path(fast).write_text("fast")
+        # the fast writer has renamed its file and tried to remove the shared partial folder
+        Path(slow).write_text("slow")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"fast.txt": "fast", "slow.txt": "slow"}
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(write, range(400)))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"f{i}.txt" for i in range(400))
+
+def test_partial_folder_removed_between_mkdir_and_file_creation_is_made_again(tmp_path, monkeypatch):
+    from nnunet_pdddpm.io_utils import PARTIAL_FOLDER, atomic_path
+
+    real_touch = Path.touch
+    interleaved = []
+
+    def touch_after_another_writer(path, *args, **kwargs):
+        # the other writer runs from start to end between this writer's mkdir and its file creation
+        if path.name.endswith("slow.txt") and not interleaved:
+            interleaved.append(path)
+            with atomic_path(tmp_path / "fast.txt") as fast:
+                Path(fast).write_text("fast")
+            assert not (tmp_path / PARTIAL_FOLDER).exists()  # it removed the folder this writer just made
+        return real_touch(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "touch", touch_after_another_writer)
+    with atomic_path(tmp_path / "slow.txt") as slow:
+        Path(slow).write_text("slow")
+    assert interleaved
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"fast.txt": "fast", "slow.txt": "slow"}

@@ -1,0 +1,337 @@
+"""Does the refiner improve on the nnU-Net it starts from, against that nnU-Net given the same training?
+
+On the WMH-like set of the fidelity benchmark (the demo's generator, 16 training and 12 test cases), per seed:
+
+1. plain nnU-Net (``nnUNetTrainer_refinerCPU``) trained on all five folds to its plateau (its validation curve is
+   printed and stored: the pseudo Dice of every epoch, from its checkpoint's log);
+2. (a) the refiner (``PDDDPMTrainer_refinerCPU``): fold 0's nnU-Net as its initialisation, the other folds'
+   out-of-fold probabilities as half of its training starts, sampled from fold 0's probabilities (soft start)
+   at the T' its validation sweep chose, and at fixed T';
+   (b) the same nnU-Net trained the refiner's budget more (``nnUNetTrainer_refinerCPU_more``: same iterations,
+   batch and optimiser, nnU-Net's network and loss);
+   (c) two nnU-Nets of fold 0 (this seed's and the previous seed's; seed 0: seed 1's) averaged.
+
+Every nnU-Net row uses its softmax for uncertainty (voxel map: entropy; case score: the mean entropy); the
+refiner's rows score every map of one ensemble (variance, entropy, mutual information, expected entropy) and
+the case scores of the samples (1 - mean pairwise Dice between samples, the mean uncertainty). Per case: Dice,
+HD95, lesion F1, AVD and each map's error-AUROC; case-level AURC (risk = 1 - Dice) of each case score, pooled
+over seeds x cases; paired bootstrap 95 % intervals of Dice and lesion F1 against (1), (b) and (c).
+
+    python -m benchmarks.benchmark_refiner -o WORK                 # the README's table (3 seeds)
+    python -m benchmarks.benchmark_refiner -o WORK --seeds 0       # one seed
+    python -m benchmarks.benchmark_refiner -o WORK --quick         # the tiny set and models (tests)
+
+Everything is reused from WORK on a rerun (dataset, preprocessing, trained models, sampled cases). Output: a table,
+``WORK/refiner.json`` (rows, per-case values, learning curves) and ``WORK/refiner.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.benchmark_fidelity import FULL as FIDELITY
+from benchmarks.benchmark_fidelity import QUICK as FIDELITY_QUICK
+from benchmarks.benchmark_fidelity import model_folder, prepare_dataset, train
+from nnunet_pdddpm.evaluation.paired import paired_difference
+from nnunet_pdddpm.evaluation.risk_coverage import aurc
+from nnunet_pdddpm.experiments.report import write_rows
+from nnunet_pdddpm.inference.settings import UNCERTAINTY_KINDS, PerformanceSettings
+from nnunet_pdddpm.io_utils import write_json_atomic
+
+PER_CASE_METRICS = ("dice", "hd95", "lesion_f1", "avd")
+PAIRED_METRICS = ("dice", "lesion_f1")
+REFINER_MAPS = tuple(k for k in ("variance", "entropy", "mutual_information", "expected_entropy")
+                     if k in UNCERTAINTY_KINDS)
+NNUNET, MORE, ENSEMBLE = "nnU-Net", "nnU-Net + refiner's budget", "2 nnU-Nets (seeds) averaged"
+
+
+@dataclass(frozen=True)
+class Setup:
+    dataset: object
+    dataset_id: int
+    dataset_name: str
+    pre_segmenter: str
+    refiner: str
+    more: str
+    t_primes: tuple  # ("auto" (the refiner's validation sweep) or a fixed T', the maps scored there)
+    steps: int
+    ensemble_size: int
+
+
+FULL = Setup(FIDELITY.dataset, FIDELITY.dataset_id, FIDELITY.dataset_name, "nnUNetTrainer_refinerCPU",
+             "PDDDPMTrainer_refinerCPU", "nnUNetTrainer_refinerCPU_more", (("auto", REFINER_MAPS), (300, ("entropy",))),
+             5, 5)
+QUICK = Setup(FIDELITY_QUICK.dataset, FIDELITY_QUICK.dataset_id, FIDELITY_QUICK.dataset_name, "nnUNetTrainer_tiny",
+              "PDDDPMTrainer_tiny_refiner", "nnUNetTrainer_tiny_more", (("auto", REFINER_MAPS),), 2, 2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", required=True, help="work folder (reused between runs)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    p.add_argument("--quick", action="store_true", help="tiny dataset and models (seconds per stage; for tests)")
+    p.add_argument("--num_processes", type=int, default=2, help="processes for dataset creation and preprocessing")
+    p.add_argument("--train_only", action="store_true", help="train every model of every seed, then stop")
+    return p
+
+
+def partner_seed(seed: int) -> int:
+    """The seed whose fold-0 nnU-Net is averaged with this seed's in the two-network ensemble: the previous one
+    (seed 0: seed 1), so that it does not depend on which seeds a run lists."""
+    return seed - 1 if seed > 0 else 1
+
+
+def learning_curve(work: Path, seed: int, dataset: str, trainer: str) -> dict:
+    """Per-epoch pseudo Dice (and its EMA) of fold 0, from the checkpoint's log (nnU-Net's progress data)."""
+    from nnunet_pdddpm.checkpoints import load_nnunet_checkpoint
+
+    log = load_nnunet_checkpoint(model_folder(work, seed, dataset, trainer) / "fold_0" / "checkpoint_final.pth")
+    return {k: [float(v) for v in log["logging"][k]] for k in ("mean_fg_dice", "ema_fg_dice")}
+
+
+def _runner(work: Path, seed: int, dataset: Path, setup: Setup, segmenter_seed: int, segmenter: str, name: str):
+    from nnunet_pdddpm.experiments.runner import ExperimentRunner, ModelSelection
+
+    models = ModelSelection(str(model_folder(work, seed, dataset.name, setup.refiner)),
+                            str(model_folder(work, segmenter_seed, dataset.name, segmenter)), folds=(0,),
+                            device="cpu", performance=PerformanceSettings(max_batch_size=32))
+    return ExperimentRunner(models, dataset / "imagesTs", dataset / "labelsTs",
+                            work / "sampling" / f"seed{seed}" / name, verbose=False)
+
+
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    from nnunet_pdddpm.inference.uncertainty import predictive_entropy
+
+    return predictive_entropy(probabilities)
+
+
+def foreground_mean(values: torch.Tensor, probabilities: torch.Tensor) -> float:
+    """Mean of a map over the predicted foreground (the whole case when nothing is predicted)."""
+    fg = probabilities.argmax(0) > 0
+    return float(values[fg].mean() if fg.any() else values.mean())
+
+
+def per_case(runner, name: str, metrics=PER_CASE_METRICS) -> dict[str, dict[str, float]]:
+    summary = json.loads((runner.output / "evaluation" / f"{name}.json").read_text())
+    label = str(summary["labels"][0])
+    return {c["case"]: {m: c["metrics"][label].get(m, float("nan")) for m in (*metrics, "uncertainty_auroc")}
+            for c in summary["metric_per_case"]}
+
+
+def segmenter_row(runner, name: str, method: str, probabilities_of, extra_scores=None) -> dict:
+    """A softmax model's row: its entropy as the voxel map, the mean entropy as the case score."""
+    scores = {}
+    if not (runner.output / "evaluation" / f"{name}.json").is_file():
+        for case in runner.cases:
+            probs, nfe = probabilities_of(case)
+            ent = entropy(probs)
+            scores[case] = {"mean entropy": float(ent.mean()), "mean entropy (foreground)": foreground_mean(ent, probs),
+                            **(extra_scores(case) if extra_scores else {})}
+            runner.export(name, case, probs, ent, nfe, 0.0, scores=scores[case])
+        runner.evaluate(name)
+    log = json.loads((runner.folder(name) / "pdddpm_cases.json").read_text())
+    cases = per_case(runner, name)
+    for case, values in cases.items():
+        values["maps"] = {"entropy": values.pop("uncertainty_auroc")}
+        values["scores"] = log[case]["scores"]
+    return {"method": method, "sampler": "", "nfe": float(np.mean([log[c]["nfe"] for c in cases])), "cases": cases}
+
+
+def refiner_rows(runner, setup: Setup, pre) -> list[dict]:
+    rows = []
+    for t_prime, maps in setup.t_primes:
+        changes = {} if t_prime == "auto" else {"t_prime": t_prime}
+        settings = runner.settings(ensemble_size=setup.ensemble_size, sampler="ddim", steps=setup.steps, **changes)
+        label = f"T'={settings.t_prime}" + (" (sweep)" if t_prime == "auto" else "")
+        cases: dict[str, dict] = {}
+        nfe = []
+        for kind in maps:  # the same samples (seeded per case, patch and member), one map each
+            s = dataclasses.replace(settings, uncertainty=kind)
+            name = f"refiner_t{settings.t_prime}_{kind}"
+            done = (runner.output / "evaluation" / f"{name}.json").is_file()
+            if not done:
+                for case in runner.cases:
+                    result, n, seconds = runner.sample(case, s, pre)
+                    scores = dict(getattr(result, "scores", None) or {})
+                    runner.export(name, case, result.probabilities, result.uncertainty, n, seconds, scores=scores)
+                runner.evaluate(name)
+            log = json.loads((runner.folder(name) / "pdddpm_cases.json").read_text())
+            for case, values in per_case(runner, name).items():
+                row = cases.setdefault(case, {**{m: values[m] for m in PER_CASE_METRICS}, "maps": {}, "scores": {}})
+                row["maps"][kind] = values["uncertainty_auroc"]
+                sc = log[case].get("scores", {})
+                if "pairwise_dice" in sc:
+                    row["scores"]["1 - pairwise Dice of samples"] = 1 - sc["pairwise_dice"]
+                for key in ("mean_uncertainty", "mean_uncertainty_foreground"):
+                    if key in sc:
+                        row["scores"][f"{key.replace('_', ' ')} ({kind})"] = sc[key]
+                nfe.append(log[case]["nfe"])
+        rows.append({"method": "PD-DDPM refiner", "sampler": f"{label}, ddim {setup.steps} steps x "
+                                                           f"{setup.ensemble_size}, soft start",
+                     "nfe": float(np.mean(nfe)), "cases": cases})
+    return rows
+
+
+def train_seed(work: Path, seed: int, dataset: Path, env: dict, setup: Setup) -> None:
+    """nnU-Net's five folds, the ensemble partner's fold 0, the refiner and the same nnU-Net trained more."""
+    for fold in range(5):
+        train(work, setup, dataset.name, env, seed, setup.pre_segmenter, fold)
+    train(work, setup, dataset.name, env, partner_seed(seed), setup.pre_segmenter, 0)
+    train(work, setup, dataset.name, env, seed, setup.refiner)
+    train(work, setup, dataset.name, env, seed, setup.more)
+
+
+def score_seed(work: Path, seed: int, dataset: Path, setup: Setup) -> list[dict]:
+    partner = partner_seed(seed)
+    print(f"seed {seed}: sampling and scoring", flush=True)
+    base = _runner(work, seed, dataset, setup, seed, setup.pre_segmenter, "nnunet")
+    pre = base.pre_segmentation()
+    more = _runner(work, seed, dataset, setup, seed, setup.more, "more")
+    more_pre = more.pre_segmentation()
+    other = _runner(work, seed, dataset, setup, partner, setup.pre_segmenter, f"nnunet_seed{partner}")
+    other_pre = other.pre_segmentation()
+
+    def probs_of(runner, source):
+        def get(case):
+            data, properties = runner.case_data(case)
+            return source.probabilities(data, properties, case), source.nfe[case]
+        return get
+
+    def ensemble_probs(case):
+        (p1, n1), (p2, n2) = probs_of(base, pre)(case), probs_of(other, other_pre)(case)
+        return (p1 + p2) / 2, n1 + n2
+
+    def members_disagree(case):
+        (p1, _), (p2, _) = probs_of(base, pre)(case), probs_of(other, other_pre)(case)
+        a, b = p1.argmax(0) > 0, p2.argmax(0) > 0
+        denom = float(a.sum() + b.sum())
+        return {"1 - pairwise Dice of members": 1 - (2 * float((a & b).sum()) / denom if denom else 1.0)}
+
+    ens = _runner(work, seed, dataset, setup, seed, setup.pre_segmenter, "ensemble")
+    rows = [segmenter_row(base, "nnunet", NNUNET, probs_of(base, pre)),
+            segmenter_row(more, "more", MORE, probs_of(more, more_pre)),
+            segmenter_row(ens, "ensemble", ENSEMBLE, ensemble_probs, members_disagree),
+            *refiner_rows(base, setup, pre)]
+    return [{"seed": seed, **r} for r in rows]
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One row per (method, sampler): means over seeds x cases, paired differences, error-AUROC and AURC."""
+    by_seed = {(r["seed"], r["method"]): r["cases"] for r in results if not r["method"].startswith("PD-")}
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["sampler"]), []).append(r)
+    rows = []
+    for (method, sampler), runs in groups.items():
+        values = [(r["seed"], c, v) for r in runs for c, v in r["cases"].items()]
+        row = {"method": method, "sampler": sampler, "seeds": len(runs), "cases": len(values),
+               "nfe_per_case": float(np.mean([r["nfe"] for r in runs]))}
+        for m in PER_CASE_METRICS:
+            row[m] = nanmean([v[m] for _, _, v in values])
+        for against, short in ((NNUNET, "nnunet"), (MORE, "more"), (ENSEMBLE, "ensemble")):
+            if against == method:
+                continue
+            for m in PAIRED_METRICS:
+                d = paired_difference([by_seed[(s, against)][c][m] for s, c, _ in values], [v[m] for _, _, v in values])
+                row[f"delta_{m}_vs_{short}"] = [d["mean"], d["low"], d["high"]]
+        row["error_auroc"] = {k: nanmean([v["maps"][k] for _, _, v in values])
+                              for k in values[0][2]["maps"]}
+        risk = [1 - v["dice"] for _, _, v in values]
+        row["aurc"] = {k: aurc([v["scores"].get(k, np.nan) for _, _, v in values], risk)
+                       for k in values[0][2]["scores"]}
+        row["aurc_optimal"] = aurc(risk, risk)
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    def f(v, spec="{:.3f}"):
+        return "n/a" if v is None or (isinstance(v, float) and v != v) else spec.format(v)
+
+    def ci(r, key):
+        if key not in r:
+            return ""
+        mean, low, high = (f(v, "{:+.3f}") for v in r[key])
+        return f"{mean} [{low}, {high}]"
+
+    head = ["method", "sampling", "n", "Dice", "ΔDice vs nnU-Net", "ΔDice vs +budget", "ΔDice vs 2 nnU-Nets", "HD95",
+            "lesion F1", "ΔF1 vs nnU-Net", "AVD %", "NFE"]
+    lines = [head]
+    for r in rows:
+        lines.append([r["method"], r["sampler"], str(r["cases"]), f(r["dice"]), ci(r, "delta_dice_vs_nnunet"),
+                      ci(r, "delta_dice_vs_more"), ci(r, "delta_dice_vs_ensemble"), f(r["hd95"], "{:.2f}"),
+                      f(r["lesion_f1"]), ci(r, "delta_lesion_f1_vs_nnunet"), f(r["avd"], "{:.1f}"),
+                      f(r["nfe_per_case"], "{:.0f}")])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    text.append("")
+    text.append("uncertainty: voxel error-AUROC of each map (higher is better); case-level AURC of each case score "
+                "(risk 1 - Dice; lower is better)")
+    for r in rows:
+        maps = ", ".join(f"{k} {f(v)}" for k, v in r["error_auroc"].items())
+        scores = ", ".join(f"{k} {f(v, '{:.4f}')}" for k, v in r["aurc"].items())
+        text.append(f"  {r['method']} {r['sampler']}: error-AUROC {maps}; AURC {scores} "
+                    f"(optimal {f(r['aurc_optimal'], '{:.4f}')})")
+    return "\n".join(text)
+
+
+def format_curve(curve: dict, every: int) -> str:
+    d, e = curve["mean_fg_dice"], curve["ema_fg_dice"]
+    epochs = sorted({*range(0, len(d), every), len(d) - 1})
+    return ", ".join(f"{i}: {d[i]:.3f} (EMA {e[i]:.3f})" for i in epochs)
+
+
+def nanmean(values) -> float:
+    finite = [v for v in values if v == v]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+COLUMNS = ("method", "sampler", "seeds", "cases", "dice", "hd95", "lesion_f1", "avd", "nfe_per_case",
+           "delta_dice_vs_nnunet", "delta_dice_vs_more", "delta_dice_vs_ensemble", "delta_lesion_f1_vs_nnunet",
+           "error_auroc", "aurc", "aurc_optimal")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup = QUICK if args.quick else FULL
+    work = Path(args.output).resolve()
+    start = time.perf_counter()
+    dataset, env = prepare_dataset(work, setup, args.num_processes)
+    for seed in args.seeds:  # every training first: a rerun with newer sampling code reuses them
+        train_seed(work, seed, dataset, env, setup)
+    if args.train_only:
+        return 0
+    results, curves = [], {}
+    for seed in args.seeds:
+        results += score_seed(work, seed, dataset, setup)
+        curves[seed] = learning_curve(work, seed, dataset.name, setup.pre_segmenter)
+    rows = summarise(results)
+    wall = time.perf_counter() - start
+    print()
+    print(format_rows(rows))
+    print("\nnnU-Net fold 0 validation pseudo Dice per epoch (plateau check):")
+    for seed, curve in curves.items():
+        print(f"  seed {seed}: {format_curve(curve, max(1, len(curve['mean_fg_dice']) // 8))}")
+    print(f"\nseeds {args.seeds}; n = seeds x test cases; wall time {wall / 60:.1f} min; {os.cpu_count()} CPU cores")
+    meta = {"command": " ".join(["python -m benchmarks.benchmark_refiner", *(argv or sys.argv[1:])]),
+            "wall_time_s": wall, "cpu_cores": os.cpu_count(), "seeds": args.seeds, "learning_curves": curves,
+            "setup": {k: v for k, v in setup.__dict__.items() if k != "dataset"}, "per_case": results}
+    write_rows([{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows],
+               COLUMNS, work / "refiner.csv")
+    write_json_atomic({**meta, "rows": rows}, work / "refiner.json", strict=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

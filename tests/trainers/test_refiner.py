@@ -1,0 +1,203 @@
+"""The refiner recipe through the real nnU-Net: warm start, out-of-fold soft starts, and settings checked early.
+
+The end-to-end part runs ``benchmarks/benchmark_refiner.py --quick`` once (tiny dataset: plain nnU-Net on five
+folds, the refiner, the same nnU-Net trained the refiner's budget more, a second seed's nnU-Net) and checks what it
+trained and measured; the trainer-level checks then reuse its models.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from conftest import DATASET, DATASET_ID, nnunet_env
+
+from nnunet_pdddpm.checkpoints import load_checkpoint_safe
+from nnunet_pdddpm.diffusion import DiffusionConfig, model_output
+from nnunet_pdddpm.errors import PDDDPMUserError
+
+QUICK_DATASET = "Dataset984_PDDDPMFidelityTiny"
+
+
+def _tiny():
+    from nnunet_pdddpm import PDDDPMTrainer_tiny
+
+    return PDDDPMTrainer_tiny
+
+
+# ---------------------------------------------------------------- settings checked before any training
+def test_renamed_attribute_is_applied_with_a_warning() -> None:
+    with pytest.warns(FutureWarning, match=r"Old\.sampling_steps is deprecated .*; set steps instead"):
+        old = type("Old", (_tiny(),), {"sampling_steps": 3})
+    assert old.steps == 3
+
+
+def test_old_and_new_name_together_are_refused() -> None:
+    with pytest.raises(PDDDPMUserError, match=r"Both sets both sampling_steps and steps"):
+        type("Both", (_tiny(),), {"sampling_steps": 3, "steps": 4})
+
+
+def test_every_renamed_attribute_is_handled() -> None:
+    from nnunet_pdddpm.trainers.pdddpm_trainer import RENAMED_ATTRIBUTES
+
+    for old, new in RENAMED_ATTRIBUTES.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cls = type("Renamed", (_tiny(),), {old: 7})
+        assert getattr(cls, new) == 7 and any(old in str(w.message) for w in caught)
+
+
+def _construct(root: Path, cls, monkeypatch):
+    for k, v in nnunet_env(root).items():
+        if k.startswith("nnUNet"):
+            monkeypatch.setenv(k, v)
+    pre = root / "preprocessed" / DATASET
+    plans = load_json(pre / "nnUNetPlans.json")
+    plans["continue_training"] = False  # nnU-Net's run_training sets this key; the constructor pops it
+    return cls(plans, "2d", 0, load_json(pre / "dataset.json"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("attribute, value, message", [
+    ("t_prime", -1, r"Bad\.t_prime must be an integer in \[0, 1000\], got -1"),
+    ("ensemble_size", 0, r"Bad\.ensemble_size must be an integer of at least 1, got 0"),
+    ("sampler", "euler", r"Bad\.sampler must be one of ddpm, ddim, dpm\+\+, got 'euler'"),
+    ("steps", 0, r"Bad\.steps must be None \(every step\) or an integer of at least 1, got 0"),
+    ("t_prime_sweep", (0, 10), r"Bad\.t_prime_sweep must hold integers in \(0, 1000\]"),
+    ("warm_start", "pre_segmenter", r"Bad\.warm_start needs diffusion_config = DiffusionConfig"),
+])
+def test_invalid_attribute_is_refused_at_construction(nnunet_root, monkeypatch, attribute, value, message) -> None:
+    bad = type("Bad", (_tiny(),), {attribute: value})
+    with pytest.raises(PDDDPMUserError, match=message):
+        _construct(nnunet_root, bad, monkeypatch)
+
+
+def test_pretrained_weights_flag_is_refused_before_anything_is_unpickled(nnunet_root, tmp_path) -> None:
+    trap = tmp_path / "weights.pth"
+    trap.write_bytes(b"not read")
+    exe = Path(sys.executable).parent / "nnUNetv2_train"
+    proc = subprocess.run([str(exe), str(DATASET_ID), "2d", "0", "-tr", "PDDDPMTrainer_tiny_refiner", "-device", "cpu",
+                           "-pretrained_weights", str(trap)], env=nnunet_env(nnunet_root), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "set the class attribute warm_start" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- end to end (the benchmark's quick mode)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("refiner")
+    env = dict(os.environ, OMP_NUM_THREADS="1", nnUNet_n_proc_DA="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.benchmark_refiner", "-o", str(work), "--quick", "--seeds",
+                           "0", "--num_processes", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PD-DDPM refiner" in proc.stdout and "plateau check" in proc.stdout
+    return work
+
+
+def _folder(work: Path, trainer: str, seed: int = 0) -> Path:
+    return work / f"results_seed{seed}" / QUICK_DATASET / f"{trainer}__nnUNetPlans__2d"
+
+
+@pytest.mark.slow
+def test_refiner_checkpoint_records_its_warm_start_and_soft_starts(quick) -> None:
+    ckpt = load_checkpoint_safe(_folder(quick, "PDDDPMTrainer_tiny_refiner") / "fold_0" / "checkpoint_final.pth")
+    training = ckpt["pdddpm"]["training"]
+    assert training["warm_start"] == "pre_segmenter"
+    assert training["warm_start_source"] == str(_folder(quick, "nnUNetTrainer_tiny") / "fold_0" /
+                                                "checkpoint_final.pth")
+    assert training["pre_segmentation_source"] == "out_of_fold" and training["pre_segmentation_soft"]
+    assert ckpt["pdddpm"]["sampling"]["soft_pre_segmentation"] is True
+    assert (_folder(quick, "PDDDPMTrainer_tiny_refiner") / "fold_0" / "pdddpm_t_prime.json").is_file()
+
+
+@pytest.mark.slow
+def test_benchmark_rows_and_uncertainty_figures(quick) -> None:
+    result = json.loads((quick / "refiner.json").read_text())
+    methods = {r["method"] for r in result["rows"]}
+    assert {"nnU-Net", "nnU-Net + refiner's budget", "2 nnU-Nets (seeds) averaged", "PD-DDPM refiner"} <= methods
+    for row in result["rows"]:
+        assert row["cases"] == 2 and 0 <= row["dice"] <= 1
+        assert all(0 <= v <= 1 for v in row["error_auroc"].values())
+        assert all(v == v for v in row["aurc"].values())  # finite AURC for every case score
+        assert row["aurc"] and min(row["aurc"].values()) >= row["aurc_optimal"] - 1e-12
+    refiner = next(r for r in result["rows"] if r["method"] == "PD-DDPM refiner")
+    assert set(refiner["error_auroc"]) >= {"variance", "entropy"}
+    assert "delta_dice_vs_more" in refiner and "delta_dice_vs_ensemble" in refiner
+    assert len(result["learning_curves"]["0"]["mean_fg_dice"]) == 2  # the tiny run's two epochs
+
+
+def _quick_trainer(work: Path, cls, monkeypatch):
+    env = {"nnUNet_raw": work / "nnUNet_raw", "nnUNet_preprocessed": work / "nnUNet_preprocessed",
+           "nnUNet_results": work / "results_seed0"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
+    pre = work / "nnUNet_preprocessed" / QUICK_DATASET
+    plans = load_json(pre / "nnUNetPlans.json")
+    plans["continue_training"] = False
+    trainer = cls(plans, "2d", 0, load_json(pre / "dataset.json"), torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def _fold_logits(folder: Path, fold: int, data: torch.Tensor) -> torch.Tensor:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), (fold,), "checkpoint_final.pth")
+    predictor.network.load_state_dict(predictor.list_of_parameters[0])
+    with torch.no_grad():
+        out = predictor.network.eval()(data)
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+@pytest.mark.slow
+def test_warm_started_trainer_predicts_its_nnunets_softmax_and_trains_on_out_of_fold_probabilities(
+        quick, monkeypatch) -> None:
+    from nnunet_pdddpm import PDDDPMTrainer_tiny_refiner
+
+    all_oof = type("PDDDPMTrainer_tiny_refinerAll", (PDDDPMTrainer_tiny_refiner,), {"pre_segmentation_errors": 1.0})
+    trainer = _quick_trainer(quick, all_oof, monkeypatch)
+    trainer._warm_start()
+    nnunet = _folder(quick, "nnUNetTrainer_tiny")
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    loader, _ = trainer.get_dataloaders()
+    batch = next(loader)
+    data = batch["data"].float()
+
+    # right after the warm start: the EMA denoiser's x0 estimate is fold 0's nnU-Net softmax, any t, any mask
+    expected = torch.softmax(_fold_logits(nnunet, 0, data), 1)
+    net = trainer.ema.shadow.eval()
+    with torch.no_grad():
+        for t in (0, 7, 19):
+            x_t = torch.randn(data.shape[0], 2, *data.shape[2:])
+            x0 = model_output(DiffusionConfig(prediction_type="sample", output_activation="softmax"),
+                              net(torch.cat((data, x_t), 1), torch.full((data.shape[0],), t)))
+            assert torch.allclose((x0 + 1) / 2, expected, atol=1e-5, rtol=0)
+
+    # training starts: every sample diffused from 2p - 1 of the fold that held its case out
+    monkeypatch.setattr(trainer, "draw_timesteps", lambda b: torch.zeros((b,), dtype=torch.long))
+    seen = []
+    trainer.network.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    trainer.train_step(batch)
+    x_t = seen[0][:, data.shape[1]:]
+    splits = load_json(quick / "nnUNet_preprocessed" / QUICK_DATASET / "splits_final.json")
+    holder = {key: fold for fold, split in enumerate(splits) for key in split["val"]}
+    for i, key in enumerate(batch["keys"]):
+        assert holder[key] != 0
+        probabilities = torch.softmax(_fold_logits(nnunet, holder[key], data[i:i + 1]), 1)[0]
+        # x_t at index 0 is sqrt(ab) x0 + sqrt(1 - ab) eps with sqrt(1 - ab) ~ 0.006: within 0.05 everywhere
+        assert torch.allclose(x_t[i], 2 * probabilities - 1, atol=0.05), key
+        assert ((probabilities > 0.05) & (probabilities < 0.95)).any()  # soft values, not a one-hot mask
