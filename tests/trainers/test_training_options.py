@@ -37,7 +37,9 @@ def test_timestep_range_bounds_the_training_timesteps(nnunet_root, monkeypatch):
     assert trainer.pdddpm_settings()["training"]["timestep_range"] == 50
     default = make_trainer(nnunet_root, _tiny(), monkeypatch)
     assert default.pdddpm_settings()["training"] == {"timestep_range": 1000, "pre_segmentation_errors": 0.0,
-                                                     "pre_segmentation_source": "simulated"}
+                                                     "pre_segmentation_source": "simulated",
+                                                     "pre_segmentation_soft": False, "warm_start": None,
+                                                     "warm_start_source": None}
 
 
 def test_without_errors_the_noisy_mask_is_the_ground_truth(nnunet_root, monkeypatch):
