@@ -1,4 +1,4 @@
-"""Bad inputs a new user tried (issue 11): each gets one ``error:`` sentence, before heavy work, and leaves no
+"""Bad inputs a new user tried: each gets one ``error:`` sentence, before heavy work, and leaves no
 output that looks complete. Most run the commands' ``main`` in-process (as the CLI tests do); a few run the
 console scripts to see the real stderr."""
 import shutil

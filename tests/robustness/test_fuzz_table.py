@@ -1,4 +1,4 @@
-"""A table of bad inputs through the real command entry points (issue 11, item 3).
+"""A table of bad inputs through the real command entry points.
 
 Each row spoils one thing (a file, a folder, a flag, a checkpoint, the environment) and runs the console
 script's ``main`` as the script would. Every row must end with exit status 2, exactly one ``error:`` line on

@@ -1,4 +1,4 @@
-"""``3d_fullres`` and three labels end to end through the real CLIs (issue 12): plan and preprocess, train both
+"""``3d_fullres`` and three labels end to end through the real CLIs: plan and preprocess, train both
 short variants, predict with per-class uncertainty and probabilities, evaluate per label.
 
 The dataset is the tests' tiny generator with two lesion labels (each ellipsoid 1 or 2, with its own
