@@ -128,16 +128,18 @@ def model_folder(work: Path, seed: int, dataset: str, trainer: str) -> Path:
     return results_folder(work, seed) / dataset / f"{trainer}__nnUNetPlans__2d"
 
 
-def train(work: Path, setup: Setup, dataset: str, env: dict, seed: int, trainer: str, fold: int = 0) -> float | None:
-    """``nnUNetv2_train`` of ``fold`` with seed ``seed`` (skipped when its final checkpoint exists)."""
+def train(work: Path, setup: Setup, dataset: str, env: dict, seed: int, trainer: str, fold: int = 0,
+          device: str = "cpu") -> float | None:
+    """``nnUNetv2_train`` of ``fold`` with seed ``seed`` on ``device`` (skipped when its final checkpoint exists)."""
     folder = model_folder(work, seed, dataset, trainer) / f"fold_{fold}"
     if (folder / "checkpoint_final.pth").is_file():
         return None
     env = dict(env, nnUNet_results=str(results_folder(work, seed)), **{SEED_VARIABLE: str(seed)})
     resume = ["--c"] if (folder / "checkpoint_latest.pth").is_file() else []
-    print(f"seed {seed}: training {trainer}" + (f" fold {fold}" if fold else ""), flush=True)
+    sys.stdout.write(f"seed {seed}: training {trainer}" + (f" fold {fold}" if fold else "") + "\n")  # one write:
+    sys.stdout.flush()  # trainings may run in parallel threads
     log = work / "logs" / (f"train_seed{seed}_{trainer}" + ("" if fold == 0 else f"_fold{fold}") + ".log")
-    return run_command(["nnUNetv2_train", str(setup.dataset_id), "2d", str(fold), "-tr", trainer, "-device", "cpu",
+    return run_command(["nnUNetv2_train", str(setup.dataset_id), "2d", str(fold), "-tr", trainer, "-device", device,
                         *resume], env, log, indent="      ")
 
 

@@ -52,6 +52,7 @@ PAIRED_METRICS = ("dice", "lesion_f1")
 REFINER_MAPS = tuple(k for k in ("variance", "entropy", "mutual_information", "expected_entropy")
                      if k in UNCERTAINTY_KINDS)
 NNUNET, MORE, ENSEMBLE = "nnU-Net", "nnU-Net + refiner's budget", "2 nnU-Nets (seeds) averaged"
+PAPER = "PD-DDPM, paper's recipe"
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,12 @@ class Setup:
     t_primes: tuple  # ("auto" (the refiner's validation sweep) or a fixed T', the maps scored there)
     steps: int
     ensemble_size: int
+    paper: str | None = None  # the paper's recipe at the refiner's budget (head-to-head row; None: not run)
 
 
 FULL = Setup(FIDELITY.dataset, FIDELITY.dataset_id, FIDELITY.dataset_name, "nnUNetTrainer_refinerCPU",
              "PDDDPMTrainer_refinerCPU", "nnUNetTrainer_refinerCPU_more", (("auto", REFINER_MAPS), (300, ("entropy",))),
-             5, 5)
+             5, 5, "PDDDPMTrainer_refinerCPU_paper")
 QUICK = Setup(FIDELITY_QUICK.dataset, FIDELITY_QUICK.dataset_id, FIDELITY_QUICK.dataset_name, "nnUNetTrainer_tiny",
               "PDDDPMTrainer_tiny_refiner", "nnUNetTrainer_tiny_more", (("auto", REFINER_MAPS),), 2, 2)
 
@@ -82,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny dataset and models (seconds per stage; for tests)")
     p.add_argument("--num_processes", type=int, default=2, help="processes for dataset creation and preprocessing")
     p.add_argument("--train_only", action="store_true", help="train every model of every seed, then stop")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training and sampling device")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="trainings run at once (each is its own nnUNetv2_train; default 1)")
     return p
 
 
@@ -99,12 +104,13 @@ def learning_curve(work: Path, seed: int, dataset: str, trainer: str) -> dict:
     return {k: [float(v) for v in log["logging"][k]] for k in ("mean_fg_dice", "ema_fg_dice")}
 
 
-def _runner(work: Path, seed: int, dataset: Path, setup: Setup, segmenter_seed: int, segmenter: str, name: str):
+def _runner(work: Path, seed: int, dataset: Path, setup: Setup, segmenter_seed: int, segmenter: str, name: str,
+            device: str = "cpu", denoiser: str | None = None):
     from nnunet_pdddpm.experiments.runner import ExperimentRunner, ModelSelection
 
-    models = ModelSelection(str(model_folder(work, seed, dataset.name, setup.refiner)),
+    models = ModelSelection(str(model_folder(work, seed, dataset.name, denoiser or setup.refiner)),
                             str(model_folder(work, segmenter_seed, dataset.name, segmenter)), folds=(0,),
-                            device="cpu", performance=PerformanceSettings(max_batch_size=32))
+                            device=device, performance=PerformanceSettings(max_batch_size=32))
     return ExperimentRunner(models, dataset / "imagesTs", dataset / "labelsTs",
                             work / "sampling" / f"seed{seed}" / name, verbose=False)
 
@@ -147,17 +153,19 @@ def segmenter_row(runner, name: str, method: str, probabilities_of, extra_scores
     return {"method": method, "sampler": "", "nfe": float(np.mean([log[c]["nfe"] for c in cases])), "cases": cases}
 
 
-def refiner_rows(runner, setup: Setup, pre) -> list[dict]:
+def refiner_rows(runner, setup: Setup, pre, method: str = "PD-DDPM refiner", prefix: str = "refiner",
+                 t_primes: tuple | None = None) -> list[dict]:
+    """One row per T' of ``t_primes`` (default: the setup's) of the denoiser ``runner`` samples with."""
     rows = []
-    for t_prime, maps in setup.t_primes:
+    for t_prime, maps in t_primes or setup.t_primes:
         changes = {} if t_prime == "auto" else {"t_prime": t_prime}
         settings = runner.settings(ensemble_size=setup.ensemble_size, sampler="ddim", steps=setup.steps, **changes)
-        label = f"T'={settings.t_prime}" + (" (sweep)" if t_prime == "auto" else "")
+        label = "T' of the sweep" if t_prime == "auto" else f"T'={settings.t_prime}"  # the sweep's T' varies by seed
         cases: dict[str, dict] = {}
         nfe = []
         for kind in maps:  # the same samples (seeded per case, patch and member), one map each
             s = dataclasses.replace(settings, uncertainty=kind)
-            name = f"refiner_t{settings.t_prime}_{kind}"
+            name = f"{prefix}_t{settings.t_prime}_{kind}"
             done = (runner.output / "evaluation" / f"{name}.json").is_file()
             if not done:
                 for case in runner.cases:
@@ -176,29 +184,42 @@ def refiner_rows(runner, setup: Setup, pre) -> list[dict]:
                     if key in sc:
                         row["scores"][f"{key.replace('_', ' ')} ({kind})"] = sc[key]
                 nfe.append(log[case]["nfe"])
-        rows.append({"method": "PD-DDPM refiner", "sampler": f"{label}, ddim {setup.steps} steps x "
-                                                           f"{setup.ensemble_size}, soft start",
-                     "nfe": float(np.mean(nfe)), "cases": cases})
+        start = "soft start" if settings.soft_pre_segmentation else "hard start"
+        rows.append({"method": method, "sampler": f"{label}, ddim {setup.steps} steps x {setup.ensemble_size}, {start}",
+                     "t_prime": settings.t_prime, "nfe": float(np.mean(nfe)), "cases": cases})
     return rows
 
 
-def train_seed(work: Path, seed: int, dataset: Path, env: dict, setup: Setup) -> None:
-    """nnU-Net's five folds, the ensemble partner's fold 0, the refiner and the same nnU-Net trained more."""
-    for fold in range(5):
-        train(work, setup, dataset.name, env, seed, setup.pre_segmenter, fold)
-    train(work, setup, dataset.name, env, partner_seed(seed), setup.pre_segmenter, 0)
-    train(work, setup, dataset.name, env, seed, setup.refiner)
-    train(work, setup, dataset.name, env, seed, setup.more)
+def training_stages(seeds: list[int], setup: Setup) -> list[list[tuple[int, str, int]]]:
+    """(seed, trainer, fold) of every training, in two stages: nnU-Net's five folds of each seed and the ensemble
+    partners' fold 0; then what starts from them (refiner, the same nnU-Net trained more, the paper's recipe).
+    Within a stage the trainings are independent."""
+    first = [(seed, setup.pre_segmenter, fold) for seed in seeds for fold in range(5)]
+    first += [(p, setup.pre_segmenter, 0) for p in sorted({partner_seed(s) for s in seeds} - set(seeds))]
+    second = [(seed, trainer, 0) for seed in seeds for trainer in (setup.refiner, setup.more, setup.paper) if trainer]
+    return [first, second]
 
 
-def score_seed(work: Path, seed: int, dataset: Path, setup: Setup) -> list[dict]:
+def train_all(work: Path, seeds: list[int], dataset: Path, env: dict, setup: Setup, device: str, jobs: int) -> None:
+    """Every training of ``seeds``, ``jobs`` at a time within a stage (each a ``nnUNetv2_train`` process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for stage in training_stages(seeds, setup):
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            futures = [pool.submit(train, work, setup, dataset.name, env, seed, trainer, fold, device)
+                       for seed, trainer, fold in stage]
+            for future in futures:
+                future.result()  # the first failure raises (its log named); the others finish first
+
+
+def score_seed(work: Path, seed: int, dataset: Path, setup: Setup, device: str = "cpu") -> list[dict]:
     partner = partner_seed(seed)
     print(f"seed {seed}: sampling and scoring", flush=True)
-    base = _runner(work, seed, dataset, setup, seed, setup.pre_segmenter, "nnunet")
+    base = _runner(work, seed, dataset, setup, seed, setup.pre_segmenter, "nnunet", device)
     pre = base.pre_segmentation()
-    more = _runner(work, seed, dataset, setup, seed, setup.more, "more")
+    more = _runner(work, seed, dataset, setup, seed, setup.more, "more", device)
     more_pre = more.pre_segmentation()
-    other = _runner(work, seed, dataset, setup, partner, setup.pre_segmenter, f"nnunet_seed{partner}")
+    other = _runner(work, seed, dataset, setup, partner, setup.pre_segmenter, f"nnunet_seed{partner}", device)
     other_pre = other.pre_segmentation()
 
     def probs_of(runner, source):
@@ -217,11 +238,15 @@ def score_seed(work: Path, seed: int, dataset: Path, setup: Setup) -> list[dict]
         denom = float(a.sum() + b.sum())
         return {"1 - pairwise Dice of members": 1 - (2 * float((a & b).sum()) / denom if denom else 1.0)}
 
-    ens = _runner(work, seed, dataset, setup, seed, setup.pre_segmenter, "ensemble")
+    ens = _runner(work, seed, dataset, setup, seed, setup.pre_segmenter, "ensemble", device)
     rows = [segmenter_row(base, "nnunet", NNUNET, probs_of(base, pre)),
             segmenter_row(more, "more", MORE, probs_of(more, more_pre)),
             segmenter_row(ens, "ensemble", ENSEMBLE, ensemble_probs, members_disagree),
             *refiner_rows(base, setup, pre)]
+    if setup.paper:  # the paper's recipe on the same pre-segmentation (hard start), at the T' its sweep chose and 300
+        paper = _runner(work, seed, dataset, setup, seed, setup.pre_segmenter, "paper", device, setup.paper)
+        rows += refiner_rows(paper, setup, paper.pre_segmentation(), PAPER, "paper",
+                             (("auto", ("variance",)), (300, ("variance",))))
     return [{"seed": seed, **r} for r in rows]
 
 
@@ -235,6 +260,7 @@ def summarise(results: list[dict]) -> list[dict]:
     for (method, sampler), runs in groups.items():
         values = [(r["seed"], c, v) for r in runs for c, v in r["cases"].items()]
         row = {"method": method, "sampler": sampler, "seeds": len(runs), "cases": len(values),
+               "t_prime_per_seed": {str(r["seed"]): r["t_prime"] for r in runs if "t_prime" in r},
                "nfe_per_case": float(np.mean([r["nfe"] for r in runs]))}
         for m in PER_CASE_METRICS:
             row[m] = nanmean([v[m] for _, _, v in values])
@@ -268,7 +294,11 @@ def format_rows(rows: list[dict]) -> str:
             "lesion F1", "ΔF1 vs nnU-Net", "AVD %", "NFE"]
     lines = [head]
     for r in rows:
-        lines.append([r["method"], r["sampler"], str(r["cases"]), f(r["dice"]), ci(r, "delta_dice_vs_nnunet"),
+        sampler = r["sampler"]
+        if r.get("t_prime_per_seed") and sampler.startswith("T' of the sweep"):
+            chosen = ", ".join(f"{k}: {v}" for k, v in r["t_prime_per_seed"].items())
+            sampler = sampler.replace("T' of the sweep", f"T' of the sweep (seed: T' {chosen})", 1)
+        lines.append([r["method"], sampler, str(r["cases"]), f(r["dice"]), ci(r, "delta_dice_vs_nnunet"),
                       ci(r, "delta_dice_vs_more"), ci(r, "delta_dice_vs_ensemble"), f(r["hd95"], "{:.2f}"),
                       f(r["lesion_f1"]), ci(r, "delta_lesion_f1_vs_nnunet"), f(r["avd"], "{:.1f}"),
                       f(r["nfe_per_case"], "{:.0f}")])
@@ -297,7 +327,8 @@ def nanmean(values) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-COLUMNS = ("method", "sampler", "seeds", "cases", "dice", "hd95", "lesion_f1", "avd", "nfe_per_case",
+COLUMNS = ("method", "sampler", "seeds", "t_prime_per_seed", "cases", "dice", "hd95", "lesion_f1", "avd",
+           "nfe_per_case",
            "delta_dice_vs_nnunet", "delta_dice_vs_more", "delta_dice_vs_ensemble", "delta_lesion_f1_vs_nnunet",
            "error_auroc", "aurc", "aurc_optimal")
 
@@ -308,13 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.output).resolve()
     start = time.perf_counter()
     dataset, env = prepare_dataset(work, setup, args.num_processes)
-    for seed in args.seeds:  # every training first: a rerun with newer sampling code reuses them
-        train_seed(work, seed, dataset, env, setup)
+    if args.device == "cuda":
+        env = dict(env, nnUNet_compile=env.get("nnUNet_compile", "false"))  # compiling costs more than it saves here
+    train_all(work, args.seeds, dataset, env, setup, args.device, args.jobs)  # first: a rerun reuses them
     if args.train_only:
         return 0
     results, curves = [], {}
     for seed in args.seeds:
-        results += score_seed(work, seed, dataset, setup)
+        results += score_seed(work, seed, dataset, setup, args.device)
         curves[seed] = learning_curve(work, seed, dataset.name, setup.pre_segmenter)
     rows = summarise(results)
     wall = time.perf_counter() - start
@@ -323,9 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\nnnU-Net fold 0 validation pseudo Dice per epoch (plateau check):")
     for seed, curve in curves.items():
         print(f"  seed {seed}: {format_curve(curve, max(1, len(curve['mean_fg_dice']) // 8))}")
-    print(f"\nseeds {args.seeds}; n = seeds x test cases; wall time {wall / 60:.1f} min; {os.cpu_count()} CPU cores")
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
+    print(f"\nseeds {args.seeds}; n = seeds x test cases; wall time {wall / 60:.1f} min (this run; trainings and "
+          f"samples found in the work folder are reused); {os.cpu_count()} CPU cores" + (f", {gpu}" if gpu else ""))
     meta = {"command": " ".join(["python -m benchmarks.benchmark_refiner", *(argv or sys.argv[1:])]),
-            "wall_time_s": wall, "cpu_cores": os.cpu_count(), "seeds": args.seeds, "learning_curves": curves,
+            "wall_time_s": wall, "cpu_cores": os.cpu_count(), "gpu": gpu, "seeds": args.seeds,
+            "learning_curves": curves,
             "setup": {k: v for k, v in setup.__dict__.items() if k != "dataset"}, "per_case": results}
     write_rows([{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows],
                COLUMNS, work / "refiner.csv")

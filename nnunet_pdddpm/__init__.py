@@ -32,4 +32,4 @@ def __getattr__(name: str):
 
 
 # the main classes; every name in nnunet_pdddpm.trainers.__all__ (short variants too) resolves lazily
-__all__ = ["PDDDPMAttUNetTrainer", "PDDDPMTrainer"]  # noqa: F822  (resolved by __getattr__)
+__all__ = ["PDDDPMAttUNetTrainer", "PDDDPMTrainer", "PDDDPMTrainer_paper"]  # noqa: F822  (resolved by __getattr__)

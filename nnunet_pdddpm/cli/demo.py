@@ -15,9 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnunet_pdddpm_demo",
         description="Run PD-DDPM end to end without any download: make a synthetic white-matter-hyperintensity "
-                    "dataset, plan and preprocess it with nnU-Net, train the attention U-Net pre-segmenter and the "
-                    "diffusion denoiser with nnUNetv2_train, segment the test cases with the pre-segmenter alone, "
-                    "vanilla DDPM and PD-DDPM, and print one table (Dice, HD95, Jaccard, lesion F1, network "
+                    "dataset, plan and preprocess it with nnU-Net, train a plain nnU-Net (the pre-segmenter) and "
+                    "the PD-DDPM denoiser that refines it with nnUNetv2_train, segment the test cases with nnU-Net "
+                    "alone and with PD-DDPM (gpu profile: the paper's recipe, with the attention U-Net and vanilla "
+                    "DDPM beside them), and print one table (Dice, HD95, Jaccard, lesion F1, network "
                     "evaluations and seconds per case), also written as JSON/CSV with PNG figures. Run it again "
                     "in the same folder to reuse every finished step.")
     parser.add_argument("-o", "--output", default="pdddpm_demo",
@@ -25,9 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "evaluation/, logs/ and report/ (default: ./pdddpm_demo). The demo sets nnU-Net's "
                              "environment variables for its own commands; yours are not used.")
     parser.add_argument("-profile", choices=("cpu", "gpu", "tiny"), default=None,
-                        help="cpu: about a quarter of an hour on two CPU cores (reduced data, short training, DDIM "
-                             "with few steps). gpu: close to the paper (full-size data, longer training, T'=300, "
-                             "ensemble 5, DDPM); hours. tiny: for tests only. Default: gpu if a CUDA GPU is available, "
+                        help="cpu: about a quarter of an hour on two CPU cores (reduced data, short training, "
+                             "PDDDPMTrainer's refiner recipe, DDIM with 5 steps). gpu: the paper's recipe (full-size "
+                             "data, longer training, T'=300, ensemble 5, DDPM); hours. tiny: for tests only. "
+                             "Default: gpu if a CUDA GPU is available, "
                              "else cpu.")
     parser.add_argument("-c", choices=("2d", "3d_fullres"), default="2d",
                         help="nnU-Net configuration of both models (default: 2d, as the paper). 3d_fullres trains "

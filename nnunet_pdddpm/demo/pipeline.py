@@ -1,10 +1,10 @@
 """``nnunet_pdddpm_demo``: the whole method on a fresh machine, without any download.
 
-Stages: (1) a synthetic WMH dataset, (2) ``nnUNetv2_plan_and_preprocess``, (3) the attention U-Net
-pre-segmenter and (4) the denoiser trained with ``nnUNetv2_train``, (5) the pre-segmenter alone on
-the test cases with ``nnUNetv2_predict``, (6) vanilla DDPM and PD-DDPM on the same cases (the
-in-process :class:`ExperimentRunner`, so cost per case is measured), (7) the WMH metrics of all
-three, one table (console, JSON, CSV) and figures.
+Stages: (1) a synthetic WMH dataset, (2) ``nnUNetv2_plan_and_preprocess``, (3) the pre-segmenter (plain
+nnU-Net; the gpu profile: the paper's attention U-Net) and (4) the denoiser trained with ``nnUNetv2_train``,
+(5) the pre-segmenter alone on the test cases with ``nnUNetv2_predict``, (6) PD-DDPM (and, in the gpu profile,
+vanilla DDPM) on the same cases (the in-process :class:`ExperimentRunner`, so cost per case is measured), (7) the
+WMH metrics of each, one table (console, JSON, CSV) and figures.
 
 Everything lives under one work folder (``nnUNet_raw``, ``nnUNet_preprocessed``,
 ``nnUNet_results``, ``predictions/``, ``evaluation/``, ``report/``, ``logs/``). A rerun skips
@@ -38,6 +38,12 @@ PLANS = "nnUNetPlans"
 COLUMNS = ("method", "dice", "hd95", "jaccard", "lesion_f1", "uncertainty_auroc", "mean_uncertainty", "nfe_per_case",
            "seconds_per_case", "sampling")
 METHOD_FOLDERS = {"pre-segmenter": "pre_segmenter", "vanilla DDPM": "vanilla_ddpm", "PD-DDPM": "pd_ddpm"}
+
+
+def method_folders(profile: DemoRunProfile) -> dict[str, str]:
+    """The methods of a profile's table and their prediction folders: vanilla DDPM only where the profile samples it
+    (a refiner is trained on t < T' only, so sampling from noise is not a method of its)."""
+    return {m: f for m, f in METHOD_FOLDERS.items() if m != "vanilla DDPM" or profile.vanilla is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,13 +116,13 @@ def run_demo(workdir: str | os.PathLike = "pdddpm_demo", profile: str | DemoRunP
     seconds, cases = _predict_pre_segmenter(paths, profile, device, num_processes, env)
     record("prediction pre-segmenter", seconds, cases=cases)
 
-    _stage(6, "vanilla DDPM and PD-DDPM on the test cases")
+    _stage(6, " and ".join(m for m in method_folders(profile) if m != "pre-segmenter") + " on the test cases")
     t = time.perf_counter()
     runner, settings, sampled = _diffusion_runs(paths, profile, device, seed)
     record("prediction diffusion", time.perf_counter() - t if sampled else None)
 
     _stage(7, "evaluation, table and figures")
-    rows = _rows(runner, settings, timings.get("prediction pre-segmenter", {}), paths)
+    rows = _rows(runner, settings, timings.get("prediction pre-segmenter", {}), paths, method_folders(profile))
     report = _write_report(paths, profile, device, rows, runner, num_figures)
     wall = time.perf_counter() - start
     summary = summary_line(rows, runner.predictor.t_prime_source)
@@ -199,8 +205,9 @@ def _diffusion_runs(paths: DemoPaths, profile: DemoRunProfile, device: str, seed
     base = dataclasses.replace(runner.defaults, seed=seed)
     # t_prime None: the T' of the denoiser's validation sweep (runner.defaults), as nnunet_pdddpm_predict does
     pd_ddpm = {k: v for k, v in profile.pd_ddpm.items() if not (k == "t_prime" and v is None)}
-    settings = {"vanilla DDPM": dataclasses.replace(base, **profile.vanilla, vanilla=True),
-                "PD-DDPM": dataclasses.replace(base, **pd_ddpm)}
+    settings = {"PD-DDPM": dataclasses.replace(base, **pd_ddpm)}
+    if profile.vanilla is not None:
+        settings = {"vanilla DDPM": dataclasses.replace(base, **profile.vanilla, vanilla=True), **settings}
     common = ["-i", str(paths.images), "-d", str(profile.dataset_id), "-c", profile.configuration,
               "-tr", profile.denoiser_trainer, "-f", str(profile.fold), "-device", device]
     sampled = False
@@ -218,12 +225,12 @@ def _diffusion_runs(paths: DemoPaths, profile: DemoRunProfile, device: str, seed
     return runner, settings, sampled
 
 
-def _rows(runner, settings: dict, pre_timing: dict, paths: DemoPaths) -> list[dict]:
+def _rows(runner, settings: dict, pre_timing: dict, paths: DemoPaths, folders: dict[str, str]) -> list[dict]:
     """One table row per method; the pre-segmenter's cost comes from nnUNetv2_predict's wall time, and its
     uncertainty map is its softmax's p(1 - p) (the baseline a user already has)."""
     T = runner.predictor.diffusion_config.num_train_timesteps
     rows = []
-    for method, folder in METHOD_FOLDERS.items():
+    for method, folder in folders.items():
         run = runner.evaluate(folder)
         row = {"method": method, **run.metrics, "nfe_per_case": run.nfe_per_case,
                "seconds_per_case": run.seconds_per_case}
@@ -267,14 +274,15 @@ def softmax_uncertainty_metrics(paths: DemoPaths, labels) -> dict:
 
 def summary_line(rows: list[dict], t_prime_source: str) -> str:
     """What the table shows, in one line."""
-    pre, _, pd = rows
+    pre, pd = rows[0], rows[-1]
     dice, f1 = pd["dice"] - pre["dice"], pd["lesion_f1"] - pre["lesion_f1"]
+    vanilla = [r for r in rows if r["method"] == "vanilla DDPM"]
     verdict = "improves on" if dice > 0.005 else ("matches" if dice > -0.005 else "falls below")
     return (f"PD-DDPM {verdict} its pre-segmenter (Dice {pd['dice']:.3f} vs {pre['dice']:.3f}, {dice:+.3f}; "
             f"lesion F1 {f1:+.3f}) with T' from {t_prime_source}; its uncertainty finds the errors with AUROC "
             f"{pd.get('uncertainty_auroc', math.nan):.3f} (the pre-segmenter's softmax: "
-            f"{pre.get('uncertainty_auroc', math.nan):.3f}); vanilla DDPM from noise reaches Dice "
-            f"{rows[1]['dice']:.3f}.")
+            f"{pre.get('uncertainty_auroc', math.nan):.3f})"
+            + (f"; vanilla DDPM from noise reaches Dice {vanilla[0]['dice']:.3f}." if vanilla else "."))
 
 
 def _write_report(paths: DemoPaths, profile: DemoRunProfile, device: str, rows: list[dict], runner,
@@ -283,7 +291,7 @@ def _write_report(paths: DemoPaths, profile: DemoRunProfile, device: str, rows: 
     write_rows(rows, COLUMNS, paths.report / "results.csv")
     files = [str(table1.plot(rows, figures / "metrics.png"))]
     for case in _test_cases(paths)[:num_figures]:
-        predictions = {m: paths.predictions(f) / f"{case}.nii.gz" for m, f in METHOD_FOLDERS.items()}
+        predictions = {m: paths.predictions(f) / f"{case}.nii.gz" for m, f in method_folders(profile).items()}
         uncertainty = paths.predictions("pd_ddpm") / "uncertainty" / f"{case}_uncertainty.nii.gz"
         files.append(str(case_figure(paths.images / f"{case}_0000.nii.gz", paths.labels / f"{case}.nii.gz",
                                      predictions, uncertainty if uncertainty.is_file() else None,

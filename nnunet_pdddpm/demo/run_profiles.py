@@ -1,8 +1,8 @@
 """What ``nnunet_pdddpm_demo`` runs on each machine: dataset, trainers, and the sampling of both diffusion methods.
 
 ``cpu`` fits in about a quarter of an hour on two CPU cores: a reduced dataset (a 60 mm slab at
-2.5 mm in-plane, 16 training and 4 test cases), narrow networks trained for a few minutes, and
-DDIM with a handful of steps instead of the paper's ancestral DDPM. ``gpu`` follows the paper:
+2.5 mm in-plane, 16 training and 4 test cases), a narrow plain nnU-Net trained for a few minutes and refined by
+``PDDDPMTrainer``'s recipe, DDIM with a handful of steps. ``gpu`` follows the paper (its recipe and sampling):
 the full-size dataset, T'=300, an ensemble of 5, DDPM with every step, vanilla DDPM with all 1000
 steps. ``tiny`` exists for the tests (seconds per stage).
 """
@@ -17,7 +17,8 @@ CPU_DATASET = PROFILES["cpu"]
 
 @dataclass(frozen=True)
 class DemoRunProfile:
-    """One demo set-up. ``pd_ddpm`` and ``vanilla`` are :class:`SamplingSettings` fields for the two methods."""
+    """One demo set-up. ``pd_ddpm`` and ``vanilla`` are :class:`SamplingSettings` fields for the two methods;
+    ``vanilla`` None: no vanilla DDPM row (the refiner is trained on t < T' only)."""
 
     name: str
     dataset: DemoProfile | str
@@ -26,7 +27,7 @@ class DemoRunProfile:
     pre_segmenter_trainer: str
     denoiser_trainer: str
     pd_ddpm: dict = field(default_factory=dict)
-    vanilla: dict = field(default_factory=dict)
+    vanilla: dict | None = field(default_factory=dict)
     device: str = "cpu"
     configuration: str = "2d"
     fold: int = 0
@@ -36,17 +37,16 @@ class DemoRunProfile:
 
 RUN_PROFILES: dict[str, DemoRunProfile] = {
     "tiny": DemoRunProfile(
-        "tiny", "tiny", 985, "PDDDPMDemoTiny", "PDDDPMAttUNetTrainer_tiny", "PDDDPMTrainer_tiny",
-        pd_ddpm={"t_prime": 20, "ensemble_size": 2, "sampler": "ddim", "steps": 2},
-        vanilla={"ensemble_size": 2, "sampler": "ddim", "steps": 2},
+        "tiny", "tiny", 985, "PDDDPMDemoTiny", "nnUNetTrainer_tiny", "PDDDPMTrainer_tiny_refinerDemo",
+        pd_ddpm={"t_prime": 10, "ensemble_size": 2, "sampler": "ddim", "steps": 2}, vanilla=None,
         note="tiny profile (tests): a few training iterations; the numbers mean nothing."),
     "cpu": DemoRunProfile(
-        "cpu", CPU_DATASET, 986, "PDDDPMDemoCPU", "PDDDPMAttUNetTrainer_demoCPU", "PDDDPMTrainer_demoCPU",
-        pd_ddpm={"t_prime": None, "ensemble_size": 3, "sampler": "ddim", "steps": 5},
-        vanilla={"ensemble_size": 3, "sampler": "ddim", "steps": 10},
-        note="CPU profile: minutes of training, T' chosen by the denoiser's validation sweep, deterministic DDIM "
-             "with 5 steps instead of the paper's ancestral DDPM (T'=300, ensemble 5). "
-             "Use -profile gpu on a GPU for the paper's settings."),
+        "cpu", CPU_DATASET, 986, "PDDDPMDemoCPU", "nnUNetTrainer_demoCPU", "PDDDPMTrainer_demoCPU_refiner",
+        pd_ddpm={"t_prime": None, "ensemble_size": 5, "sampler": "ddim", "steps": 5}, vanilla=None,
+        note="CPU profile: plain nnU-Net trained for minutes, refined by PD-DDPM's default recipe (PDDDPMTrainer: "
+             "warm start, soft starts; here from fold 0's own predictions instead of five folds' out-of-fold ones), "
+             "T' chosen by its validation sweep, DDIM 5 steps x 5. Use -profile gpu on a GPU for the paper's "
+             "recipe and sampling (attention U-Net, T'=300, DDPM, vanilla DDPM beside it)."),
     "gpu": DemoRunProfile(
         "gpu", "gpu", 987, "PDDDPMDemo", "PDDDPMAttUNetTrainer_demoGPU", "PDDDPMTrainer_demoGPU",
         pd_ddpm={"t_prime": 300, "ensemble_size": 5, "sampler": "ddpm", "steps": None},

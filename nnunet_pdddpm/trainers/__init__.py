@@ -1,6 +1,7 @@
 """nnU-Net trainers of PD-DDPM: the denoiser, the attention U-Net pre-segmenter, and short variants."""
 from nnunet_pdddpm.trainers.attunet_trainer import PDDDPMAttUNetTrainer
-from nnunet_pdddpm.trainers.pdddpm_trainer import PDDDPMTrainer
+from nnunet_pdddpm.trainers.pdddpm_trainer import PDDDPMTrainer_paper
+from nnunet_pdddpm.trainers.refiner import PDDDPMTrainer
 from nnunet_pdddpm.trainers.variants import (
     PDDDPMAttUNetTrainer_demoCPU,
     PDDDPMAttUNetTrainer_demoGPU,
@@ -13,6 +14,7 @@ from nnunet_pdddpm.trainers.variants import (
     PDDDPMTrainer_demoCPU_oof,
     PDDDPMTrainer_demoCPU_preseg,
     PDDDPMTrainer_demoCPU_presegNN,
+    PDDDPMTrainer_demoCPU_refiner,
     PDDDPMTrainer_demoCPU_seg,
     PDDDPMTrainer_demoCPU_segaware,
     PDDDPMTrainer_demoCPU_tmax,
@@ -23,11 +25,13 @@ from nnunet_pdddpm.trainers.variants import (
     PDDDPMTrainer_preseg,
     PDDDPMTrainer_refiner,
     PDDDPMTrainer_refinerCPU,
+    PDDDPMTrainer_refinerCPU_paper,
     PDDDPMTrainer_seg,
     PDDDPMTrainer_tiny,
     PDDDPMTrainer_tiny_aware,
     PDDDPMTrainer_tiny_preseg,
     PDDDPMTrainer_tiny_refiner,
+    PDDDPMTrainer_tiny_refinerDemo,
     PDDDPMTrainer_tmax,
     PDDDPMTrainer_v,
     PDDDPMTrainer_w128,
@@ -46,6 +50,7 @@ __all__ = [
     "PDDDPMAttUNetTrainer_demoGPU",
     "PDDDPMAttUNetTrainer_tiny",
     "PDDDPMTrainer",
+    "PDDDPMTrainer_paper",
     "PDDDPMTrainer_4draws",
     "PDDDPMTrainer_aware",
     "PDDDPMTrainer_demoCPU",
@@ -53,6 +58,7 @@ __all__ = [
     "PDDDPMTrainer_demoCPU_oof",
     "PDDDPMTrainer_demoCPU_preseg",
     "PDDDPMTrainer_demoCPU_presegNN",
+    "PDDDPMTrainer_demoCPU_refiner",
     "PDDDPMTrainer_demoCPU_seg",
     "PDDDPMTrainer_demoCPU_segaware",
     "PDDDPMTrainer_demoCPU_tmax",
@@ -63,11 +69,13 @@ __all__ = [
     "PDDDPMTrainer_preseg",
     "PDDDPMTrainer_refiner",
     "PDDDPMTrainer_refinerCPU",
+    "PDDDPMTrainer_refinerCPU_paper",
     "PDDDPMTrainer_seg",
     "PDDDPMTrainer_tiny",
     "PDDDPMTrainer_tiny_aware",
     "PDDDPMTrainer_tiny_preseg",
     "PDDDPMTrainer_tiny_refiner",
+    "PDDDPMTrainer_tiny_refinerDemo",
     "PDDDPMTrainer_tmax",
     "PDDDPMTrainer_v",
     "PDDDPMTrainer_w128",

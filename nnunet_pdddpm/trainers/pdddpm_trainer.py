@@ -1,4 +1,6 @@
-"""``PDDDPMTrainer``: the conditional DDPM denoiser of PD-DDPM, trained inside nnU-Net.
+"""``PDDDPMTrainer_paper``: the conditional DDPM denoiser of PD-DDPM as the paper trains it, inside nnU-Net.
+
+``PDDDPMTrainer`` (``refiner.py``) is this trainer with the refiner recipe; everything below holds for both.
 
 Everything nnU-Net does stays (plans, folds, preprocessing, data loading and augmentation,
 logging, checkpoints, ``--c``, ``-device``, ``-num_gpus``, ``torch.compile`` on CUDA); what changes
@@ -61,7 +63,11 @@ RENAMED_ATTRIBUTES = {"sampling_steps": "steps"}
 WARM_START_FROM_PRE_SEGMENTER = "pre_segmenter"
 
 
-class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
+class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
+    """The paper's recipe: a denoiser trained from scratch on the diffused ground truth (epsilon prediction), sampled
+    from the pre-segmenter's argmax with DDPM at T' = 300 and an ensemble of 5. Any pre-segmenter (the paper's
+    attention U-Net too). The base of every PD-DDPM trainer."""
+
     # --- denoiser and diffusion (stored in checkpoints) ---
     diffusion_config: DiffusionConfig = DiffusionConfig()
     base_features: int | None = None  # None keeps the plan's features_per_stage; the paper used 128
@@ -468,9 +474,31 @@ class PDDDPMTrainer(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTrainer):
                       if isinstance(filename_or_checkpoint, (str, os.PathLike)) else filename_or_checkpoint)
         if "ema" not in checkpoint:  # before any weights load: one sentence rather than a state-dict mismatch
             raise PDDDPMUserError(f"{filename_or_checkpoint} is not a PDDDPMTrainer checkpoint (no EMA weights).")
+        self._check_recipe(checkpoint, filename_or_checkpoint)
         super().load_checkpoint(checkpoint)
         self.ema.load_state_dict(checkpoint["ema"])
         self.warm_start_source = checkpoint.get("pdddpm", {}).get("training", {}).get("warm_start_source")
+
+    def _check_recipe(self, checkpoint: dict, source) -> None:
+        """Refuse to resume (or validate) a checkpoint written with another recipe: its weights mean something else
+        (another model target, or an initialisation this trainer would not have made). Seen when a folder of the
+        paper's recipe, made by ``PDDDPMTrainer`` before it became the refiner, is resumed with ``--c``."""
+        stored = checkpoint.get("pdddpm", {})
+        mine = self.pdddpm_settings()
+        differences = []
+        if "diffusion" in stored:
+            differences += [f"{k} {stored['diffusion'].get(k)!r} (this trainer: {v!r})"
+                            for k, v in mine["diffusion"].items() if k in stored["diffusion"]
+                            and stored["diffusion"][k] != v]
+        stored_warm = stored.get("training", {}).get("warm_start")
+        if stored_warm != self.warm_start and "training" in stored:
+            differences.append(f"warm_start {stored_warm!r} (this trainer: {self.warm_start!r})")
+        if differences:
+            raise PDDDPMUserError(
+                f"{source if isinstance(source, (str, os.PathLike)) else 'The checkpoint'} was written with another "
+                f"recipe than {type(self).__name__} ({'; '.join(differences)}); resume or validate it with the "
+                f"trainer that wrote it (PDDDPMTrainer_paper for the paper's recipe, which PDDDPMTrainer was before "
+                f"it became the refiner), or train into a new output folder.")
 
     # ---------------------------------------------------------------- final validation
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:

@@ -31,11 +31,11 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_pdddpm.diffusion import DiffusionConfig
-from nnunet_pdddpm.discovery import DEFAULT_PRE_SEGMENTER_TRAINER
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.networks.from_plans import with_features
 from nnunet_pdddpm.trainers.attunet_trainer import PDDDPMAttUNetTrainer
-from nnunet_pdddpm.trainers.pdddpm_trainer import PDDDPMTrainer
+from nnunet_pdddpm.trainers.pdddpm_trainer import PDDDPMTrainer_paper
+from nnunet_pdddpm.trainers.refiner import PDDDPMTrainer, RefinerRecipe
 from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
 from nnunet_pdddpm.trainers.update_guard import make_adam
 
@@ -98,25 +98,6 @@ class _OutOfFoldErrors(_PreSegmenterErrors):
     pre_segmentation_source = "out_of_fold"
 
 
-class _Refiner:
-    """The refiner recipe: the denoiser starts as the pre-segmenter (an nnU-Net of the same fold), reads its
-    output as class logits fitted with nnU-Net's Dice + CE, and half of its training samples are diffused from
-    the pre-segmenter's out-of-fold probabilities (2p - 1): the starts it will see at inference, where sampling
-    diffuses the pre-segmenter's probabilities too. Half, not all: after the first reverse step the state is a
-    noisy copy of the denoiser's own estimate, closer to the ground truth than to the start, and the samples
-    diffused from the ground truth teach that part of the chain."""
-
-    diffusion_config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
-    warm_start = "pre_segmenter"
-    pre_segmentation_errors = 0.5
-    pre_segmentation_source = "out_of_fold"
-    pre_segmentation_soft = True
-    soft_pre_segmentation = True
-    timestep_range = 300
-    t_prime = 100
-    t_prime_sweep = (25, 50, 100, 200, 300)
-
-
 class _NarrowNetwork:
     """nnU-Net's network of the plans with stage ``i`` at ``min(base_features * 2**i, max_features)`` features
     (mixin, before the trainer). Applied in ``build_network_architecture``, which nnU-Net also calls at inference,
@@ -166,7 +147,7 @@ _TINY_RUN = {"num_epochs": 2, "num_iterations_per_epoch": 4, "num_val_iterations
 
 
 # ---------------------------------------------------------------- tests and quick checks
-class PDDDPMTrainer_tiny(_InitSettings, PDDDPMTrainer):
+class PDDDPMTrainer_tiny(_InitSettings, PDDDPMTrainer_paper):
     base_features = 8
     max_features = 32
     t_prime = 20
@@ -198,11 +179,17 @@ class nnUNetTrainer_tiny(_NarrowNetwork, _InitSettings, SeededTrainingMixin, nnU
     init_settings = _TINY_RUN
 
 
-class PDDDPMTrainer_tiny_refiner(_Refiner, PDDDPMTrainer_tiny):
+class PDDDPMTrainer_tiny_refiner(RefinerRecipe, PDDDPMTrainer_tiny):
     pre_segmenter_trainers = ("nnUNetTrainer_tiny",)
     timestep_range = 20
     t_prime = 10
     t_prime_sweep = (5, 10, 20)
+
+
+class PDDDPMTrainer_tiny_refinerDemo(PDDDPMTrainer_tiny_refiner):
+    """The tiny demo's refiner: starts from fold 0's own predictions (one fold trained)."""
+
+    pre_segmentation_source = "pre_segmenter"
 
 
 class nnUNetTrainer_tiny_more(_ContinuesPreSegmenter, nnUNetTrainer_tiny):
@@ -210,17 +197,17 @@ class nnUNetTrainer_tiny_more(_ContinuesPreSegmenter, nnUNetTrainer_tiny):
 
 
 # ---------------------------------------------------------------- the paper's regime
-class PDDDPMTrainer_w128(PDDDPMTrainer):
+class PDDDPMTrainer_w128(PDDDPMTrainer_paper):
     base_features = 128
 
 
-class PDDDPMTrainer_attn16(PDDDPMTrainer):
+class PDDDPMTrainer_attn16(PDDDPMTrainer_paper):
     """Self-attention at every stage of at most 16 voxels per axis (the paper's one head at 16x16)."""
 
     attention_max_size = 16
 
 
-class PDDDPMTrainer_4draws(PDDDPMTrainer):
+class PDDDPMTrainer_4draws(PDDDPMTrainer_paper):
     """Each augmented image at 4 (t, noise) draws: a quarter of the augmentation work per step.
 
     For GPUs that nnU-Net's CPU augmentation cannot keep busy (``benchmark_training``'s busy %).
@@ -229,23 +216,23 @@ class PDDDPMTrainer_4draws(PDDDPMTrainer):
     noise_draws_per_image = 4
 
 
-class PDDDPMTrainer_x0(_PredictsX0, PDDDPMTrainer):
+class PDDDPMTrainer_x0(_PredictsX0, PDDDPMTrainer_paper):
     pass
 
 
-class PDDDPMTrainer_v(_PredictsV, PDDDPMTrainer):
+class PDDDPMTrainer_v(_PredictsV, PDDDPMTrainer_paper):
     pass
 
 
-class PDDDPMTrainer_tmax(PDDDPMTrainer):
+class PDDDPMTrainer_tmax(PDDDPMTrainer_paper):
     timestep_range = 500
 
 
-class PDDDPMTrainer_aware(_PredictsX0, _SimulatedErrors, PDDDPMTrainer):
+class PDDDPMTrainer_aware(_PredictsX0, _SimulatedErrors, PDDDPMTrainer_paper):
     timestep_range = 500
 
 
-class PDDDPMTrainer_seg(_SegmentationOutput, PDDDPMTrainer):
+class PDDDPMTrainer_seg(_SegmentationOutput, PDDDPMTrainer_paper):
     """The clean mask as class logits (softmax), fitted with nnU-Net's Dice + CE loss."""
 
 
@@ -259,15 +246,13 @@ class PDDDPMTrainer_oof(_OutOfFoldErrors, PDDDPMTrainer_preseg):
     """``_preseg`` with out-of-fold predictions (needs every fold of the pre-segmenter)."""
 
 
-class PDDDPMTrainer_refiner(_Refiner, PDDDPMTrainer):
-    """The refiner (:class:`_Refiner`) of the user's ``nnUNetTrainer``: needs its five folds (out-of-fold starts),
-    and has the plan's width, as ``nnUNetTrainer`` has."""
-
-    pre_segmenter_trainers = (DEFAULT_PRE_SEGMENTER_TRAINER,)
+class PDDDPMTrainer_refiner(PDDDPMTrainer):
+    """``PDDDPMTrainer`` under the name the refiner had before it became the default (folders trained with it
+    keep resolving)."""
 
 
 # ---------------------------------------------------------------- the CPU demo
-class PDDDPMTrainer_demoCPU(_InitSettings, PDDDPMTrainer):
+class PDDDPMTrainer_demoCPU(_InitSettings, PDDDPMTrainer_paper):
     """The CPU demo's denoiser: narrow, 300 iterations at a higher learning rate than the paper's 1e-4.
 
     Every patch holds lesion voxels (``oversample_foreground_percent = 1``): in a few hundred
@@ -363,12 +348,31 @@ class nnUNetTrainer_demoCPU(_DemoCPUSegmenterBudget, SeededTrainingMixin, nnUNet
     fidelity benchmark."""
 
 
-class PDDDPMTrainer_refinerCPU(_Refiner, PDDDPMTrainer_demoCPU):
+class PDDDPMTrainer_refinerCPU(RefinerRecipe, PDDDPMTrainer_demoCPU):
     """The refiner of ``nnUNetTrainer_refinerCPU`` at the CPU budget (300 iterations of the plan's batch 13, the
     demo's width 16-128, Adam at 1e-3): the refiner benchmark's PD-DDPM."""
 
     pre_segmenter_trainers = ("nnUNetTrainer_refinerCPU",)
     init_settings = {**PDDDPMTrainer_demoCPU.init_settings}
+
+
+class PDDDPMTrainer_demoCPU_refiner(RefinerRecipe, PDDDPMTrainer_demoCPU):
+    """The CPU demo's denoiser: ``PDDDPMTrainer``'s recipe on ``nnUNetTrainer_demoCPU`` at the demo's budget (300
+    iterations of 13, width 16-128), with training starts from fold 0's own predictions (``pre_segmenter``): the
+    demo trains one fold, and five would triple its time. Sampled with DDIM 5 steps x 5."""
+
+    pre_segmenter_trainers = ("nnUNetTrainer_demoCPU",)
+    pre_segmentation_source = "pre_segmenter"
+    ensemble_size = 5
+    init_settings = {**PDDDPMTrainer_demoCPU.init_settings}
+
+
+class PDDDPMTrainer_refinerCPU_paper(PDDDPMTrainer_demoCPU):
+    """The paper's recipe at the refiner's budget and on its pre-segmenter (``nnUNetTrainer_refinerCPU``): a
+    denoiser trained from scratch on the diffused ground truth, sampled from the hard pre-segmentation. The refiner
+    benchmark's head-to-head between the two recipes."""
+
+    pre_segmenter_trainers = ("nnUNetTrainer_refinerCPU",)
 
 
 class nnUNetTrainer_refinerCPU_more(_ContinuesPreSegmenter, _NarrowNetwork, _InitSettings, SeededTrainingMixin,
@@ -399,7 +403,7 @@ class nnUNetTrainer_demoCPU_long(nnUNetTrainer_demoCPU):
 
 
 # ---------------------------------------------------------------- the GPU demo
-class PDDDPMTrainer_demoGPU(_InitSettings, PDDDPMTrainer):
+class PDDDPMTrainer_demoGPU(_InitSettings, PDDDPMTrainer_paper):
     """The GPU demo's denoiser: the paper's sampling (T'=300, ensemble 5, DDPM), 100 epochs of 250 iterations."""
 
     base_features = 64

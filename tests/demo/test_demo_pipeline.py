@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from nnunet_pdddpm.checkpoints import load_checkpoint_safe
 from nnunet_pdddpm.demo.pipeline import run_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -19,7 +20,7 @@ def first_run(tmp_path_factory):
     return workdir, run_demo(workdir, "tiny", "cpu", num_processes=1, num_figures=1)
 
 
-def test_table_has_three_methods_with_finite_scores(first_run):
+def test_table_has_both_methods_with_finite_scores(first_run):
     workdir, report = first_run
     def not_json(constant):
         raise AssertionError(f"results.json holds {constant}, which is not JSON")
@@ -27,11 +28,16 @@ def test_table_has_three_methods_with_finite_scores(first_run):
     saved = json.loads((workdir / "report" / "results.json").read_text(), parse_constant=not_json)
     assert [row["dice"] for row in saved["rows"]] == [row["dice"] for row in report["rows"]]
     methods = [row["method"] for row in saved["rows"]]
-    assert methods == ["pre-segmenter", "vanilla DDPM", "PD-DDPM"]
+    assert methods == ["pre-segmenter", "PD-DDPM"]  # the refiner samples from the pre-segmentation only
     for row in saved["rows"]:
         assert 0.0 <= row["dice"] <= 1.0 and 0.0 <= row["jaccard"] <= 1.0
         assert row["nfe_per_case"] > 0 and math.isfinite(row["seconds_per_case"])
-    assert "ddim 2 steps" in saved["rows"][1]["sampling"]
+    assert "ddim 2 steps" in saved["rows"][1]["sampling"] and "T'=10" in saved["rows"][1]["sampling"]
+    assert "vanilla" not in saved["summary"] and "its pre-segmenter (Dice" in saved["summary"]
+    denoiser = load_checkpoint_safe(f"{saved['denoiser']}/fold_0/checkpoint_final.pth")["pdddpm"]
+    assert denoiser["training"]["warm_start_source"].endswith("nnUNetTrainer_tiny__nnUNetPlans__2d/fold_0/"
+                                                              "checkpoint_final.pth")
+    assert denoiser["sampling"]["soft_pre_segmentation"] is True
     assert (workdir / "report" / "results.csv").read_text().splitlines()[0].startswith("method,dice,hd95")
     assert all(saved["stage_seconds_this_run"][stage] > 0 for stage in WORK_STAGES)
     assert saved["wall_time_s"] > 0

@@ -99,9 +99,9 @@ def quick(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("refiner")
     env = dict(os.environ, OMP_NUM_THREADS="1", nnUNet_n_proc_DA="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.benchmark_refiner", "-o", str(work), "--quick", "--seeds",
-                           "0", "--num_processes", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1800)
+    command = [sys.executable, "-m", "benchmarks.benchmark_refiner", "-o", str(work), "--quick", "--seeds", "0",
+               "--num_processes", "1", "--jobs", "2"]  # two trainings at a time: the parallel path too
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "PD-DDPM refiner" in proc.stdout and "plateau check" in proc.stdout
     return work
@@ -201,3 +201,53 @@ def test_warm_started_trainer_predicts_its_nnunets_softmax_and_trains_on_out_of_
         # x_t at index 0 is sqrt(ab) x0 + sqrt(1 - ab) eps with sqrt(1 - ab) ~ 0.006: within 0.05 everywhere
         assert torch.allclose(x_t[i], 2 * probabilities - 1, atol=0.05), key
         assert ((probabilities > 0.05) & (probabilities < 0.95)).any()  # soft values, not a one-hot mask
+
+
+# ---------------------------------------------------------------- the default recipe and resuming across recipes
+def test_default_trainer_is_the_refiner_and_the_papers_recipe_keeps_its_name() -> None:
+    import nnunet_pdddpm.trainers as trainers
+    from nnunet_pdddpm import PDDDPMTrainer, PDDDPMTrainer_paper
+
+    assert PDDDPMTrainer.warm_start == "pre_segmenter" and PDDDPMTrainer.pre_segmentation_soft
+    assert PDDDPMTrainer.diffusion_config == DiffusionConfig(prediction_type="sample", output_activation="softmax")
+    assert PDDDPMTrainer.pre_segmenter_trainers == ("nnUNetTrainer",)
+    assert (PDDDPMTrainer.sampler, PDDDPMTrainer.steps, PDDDPMTrainer.ensemble_size) == ("ddim", 5, 5)
+    paper = PDDDPMTrainer_paper
+    assert paper.warm_start is None and paper.diffusion_config == DiffusionConfig()
+    assert (paper.t_prime, paper.ensemble_size, paper.sampler, paper.steps) == (300, 5, "ddpm", None)
+    # the demo's and the paper's variants keep the paper's recipe; only the refiner variants warm-start
+    for name in trainers.__all__:
+        cls = getattr(trainers, name)
+        if issubclass(cls, paper):
+            refiner = name == "PDDDPMTrainer" or ("refiner" in name and not name.endswith("_paper"))
+            assert (cls.warm_start is not None) == refiner, name
+
+
+@pytest.mark.slow
+def test_resuming_a_checkpoint_of_another_recipe_is_refused(quick, monkeypatch, tmp_path) -> None:
+    from nnunet_pdddpm import PDDDPMTrainer_tiny_refiner
+
+    trainer = _quick_trainer(quick, PDDDPMTrainer_tiny_refiner, monkeypatch)
+    path = _folder(quick, "PDDDPMTrainer_tiny_refiner") / "fold_0" / "checkpoint_final.pth"
+    ckpt = load_checkpoint_safe(path)
+    trainer.load_checkpoint(ckpt)  # its own recipe resumes
+    before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    paper = dict(ckpt, pdddpm={**ckpt["pdddpm"], "diffusion": DiffusionConfig().to_dict(),
+                               "training": {**ckpt["pdddpm"]["training"], "warm_start": None}})
+    paper["network_weights"] = {k: torch.zeros_like(v) for k, v in ckpt["network_weights"].items()}
+    torch.save(paper, tmp_path / "paper.pth")
+    with pytest.raises(PDDDPMUserError, match=r"paper\.pth was written with another recipe than "
+                                              r"PDDDPMTrainer_tiny_refiner \(prediction_type 'epsilon' .*warm_start "
+                                              r"None .*PDDDPMTrainer_paper"):
+        trainer.load_checkpoint(str(tmp_path / "paper.pth"))
+    after = trainer.network.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # refused before any weight was loaded
+
+
+def test_benchmark_trains_every_denoiser_after_the_folds_it_reads() -> None:
+    from benchmarks.benchmark_refiner import FULL, training_stages
+
+    first, second = training_stages([0, 2], FULL)
+    assert set(first) == {(s, FULL.pre_segmenter, f) for s in (0, 2) for f in range(5)} | {(1, FULL.pre_segmenter, 0)}
+    assert len(first) == len(set(first)) == 11  # seed 2's partner is seed 1 (fold 0 only); seed 0's is seed 1 too
+    assert sorted(second) == sorted((s, t, 0) for s in (0, 2) for t in (FULL.refiner, FULL.more, FULL.paper))
