@@ -484,11 +484,12 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
         (another model target, or an initialisation this trainer would not have made). Seen when a folder of the
         paper's recipe, made by ``PDDDPMTrainer`` before it became the refiner, is resumed with ``--c``."""
         stored = checkpoint.get("pdddpm", {})
-        mine = self.pdddpm_settings()
+        # only what is known before initialize(): nnU-Net's --c loads the checkpoint first
+        mine = self.diffusion_config.to_dict()
         differences = []
         if "diffusion" in stored:
             differences += [f"{k} {stored['diffusion'].get(k)!r} (this trainer: {v!r})"
-                            for k, v in mine["diffusion"].items() if k in stored["diffusion"]
+                            for k, v in mine.items() if k in stored["diffusion"]
                             and stored["diffusion"][k] != v]
         stored_warm = stored.get("training", {}).get("warm_start")
         if stored_warm != self.warm_start and "training" in stored:
