@@ -82,15 +82,21 @@ def add_sampling_options(group) -> None:
 def add_uncertainty_options(group) -> None:
     group.add_argument("--vanilla", action="store_true",
                        help="Baseline: start from pure noise at T and run the full reverse process (no pre-segmenter).")
-    group.add_argument("-uncertainty", choices=UNCERTAINTY_KINDS, default="variance",
+    group.add_argument("-uncertainty", choices=UNCERTAINTY_KINDS, default=None,
                        help="variance across the ensemble (paper), predictive entropy, its aleatoric part "
                             "expected_entropy (mean entropy of the members), its epistemic part mutual_information "
-                            "(entropy - expected_entropy: the members' disagreement), or none. Default: variance.")
+                            "(entropy - expected_entropy: the members' disagreement), or none. Default: the denoiser "
+                            "trainer's (PDDDPMTrainer: entropy; PDDDPMTrainer_paper: variance).")
     group.add_argument("--uncertainty_per_class", action="store_true",
                        help="Also write one map per foreground class (CASE_uncertainty_class1.nii.gz, ...): that "
                             "class's variance, or with entropy its binary entropy. CASE_uncertainty stays their mean.")
-    group.add_argument("--soft_pre_segmentation", action="store_true",
-                       help="Encode the pre-segmenter's probabilities (2p-1) instead of its argmax (paper: argmax).")
+    start = group.add_mutually_exclusive_group()
+    start.add_argument("--soft_pre_segmentation", dest="soft_pre_segmentation", action="store_const", const=True,
+                       default=None, help="Encode the pre-segmenter's probabilities (2p-1) instead of its argmax. "
+                                          "Default: the denoiser trainer's (PDDDPMTrainer: soft; "
+                                          "PDDDPMTrainer_paper: argmax, as in the paper).")
+    start.add_argument("--hard_pre_segmentation", dest="soft_pre_segmentation", action="store_const", const=False,
+                       help="Encode the pre-segmenter's argmax (one-hot), whatever the denoiser trainer's default.")
     group.add_argument("--no_case_scores", action="store_true",
                        help="Do not write uncertainty/case_scores.json (pairwise Dice of the samples, mean uncertainty "
                             "per case), which keeps every sample's probabilities of a case in memory while it is "

@@ -272,13 +272,19 @@ def softmax_uncertainty_metrics(paths: DemoPaths, labels) -> dict:
     return {k: float(np.nanmean([m[k] for m in means])) for k in ("uncertainty_auroc", "mean_uncertainty")}
 
 
+#: a Dice difference below this is called a match: one training seed moves the demo's Dice by about 0.02
+MEANINGFUL_DICE = 0.01
+
+
 def summary_line(rows: list[dict], t_prime_source: str) -> str:
     """What the table shows, in one line."""
     pre, pd = rows[0], rows[-1]
     dice, f1 = pd["dice"] - pre["dice"], pd["lesion_f1"] - pre["lesion_f1"]
     vanilla = [r for r in rows if r["method"] == "vanilla DDPM"]
-    verdict = "improves on" if dice > 0.005 else ("matches" if dice > -0.005 else "falls below")
-    return (f"PD-DDPM {verdict} its pre-segmenter (Dice {pd['dice']:.3f} vs {pre['dice']:.3f}, {dice:+.3f}; "
+    # judged on the difference as printed, and only beyond one seed's spread (training seeds vary by ~0.02 Dice)
+    shown = round(dice, 3)
+    verdict = "improves on" if shown >= MEANINGFUL_DICE else ("matches" if shown > -MEANINGFUL_DICE else "falls below")
+    return (f"PD-DDPM {verdict} its pre-segmenter (Dice {pd['dice']:.3f} vs {pre['dice']:.3f}, {shown:+.3f}; "
             f"lesion F1 {f1:+.3f}) with T' from {t_prime_source}; its uncertainty finds the errors with AUROC "
             f"{pd.get('uncertainty_auroc', math.nan):.3f} (the pre-segmenter's softmax: "
             f"{pre.get('uncertainty_auroc', math.nan):.3f})"

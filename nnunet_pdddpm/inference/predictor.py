@@ -197,7 +197,8 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
             s = pdddpm_settings["sampling"]
             self.sampling = SamplingSettings(t_prime=s["t_prime"], ensemble_size=s["ensemble_size"],
                                              sampler=s["sampler"], steps=s["steps"],
-                                             soft_pre_segmentation=bool(s.get("soft_pre_segmentation", False)))
+                                             soft_pre_segmentation=bool(s.get("soft_pre_segmentation", False)),
+                                             uncertainty=s.get("uncertainty", "variance"))
         self.check_settings(self.sampling)
 
     def check_settings(self, settings: SamplingSettings) -> None:

@@ -48,6 +48,7 @@ from nnunet_pdddpm.diffusion import (
 )
 from nnunet_pdddpm.discovery import DEFAULT_PRE_SEGMENTER_TRAINER
 from nnunet_pdddpm.errors import PDDDPMUserError, install_excepthook
+from nnunet_pdddpm.inference.settings import UNCERTAINTY_KINDS
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs, denoiser_kwargs_from_plans
 from nnunet_pdddpm.precision import autocast
 from nnunet_pdddpm.trainers.ema import EMA
@@ -82,6 +83,7 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
     sampler: str = "ddpm"
     steps: int | None = None  # network evaluations from T' to 0; None: every step
     soft_pre_segmentation: bool = False  # diffuse the pre-segmenter's probabilities (2p - 1) instead of its argmax
+    uncertainty: str = "variance"  # the map nnunet_pdddpm_predict writes by default (``inference/uncertainty.py``)
     # T' candidates of the final validation's sweep (automatic T', ``inference/t_prime_sweep.py``); () for none.
     # Values above the training timestep range are skipped.
     t_prime_sweep: tuple[int, ...] = (50, 100, 200, 300, 400, 500)
@@ -170,6 +172,8 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
             problems.append(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             problems.append(f"steps must be None (every step) or an integer of at least 1, got {self.steps!r}")
+        if self.uncertainty not in UNCERTAINTY_KINDS:
+            problems.append(f"uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, got {self.uncertainty!r}")
         if any(not isinstance(t, int) or not 0 < t <= T for t in self.t_prime_sweep):
             problems.append(f"t_prime_sweep must hold integers in (0, {T}], got {self.t_prime_sweep!r}")
         if problems:
@@ -452,7 +456,8 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
             "labels": self.labels,
             "num_image_channels": self.num_input_channels,
             "sampling": {"t_prime": self.t_prime, "ensemble_size": self.ensemble_size, "sampler": self.sampler,
-                         "steps": self.steps, "soft_pre_segmentation": self.soft_pre_segmentation},
+                         "steps": self.steps, "soft_pre_segmentation": self.soft_pre_segmentation,
+                         "uncertainty": self.uncertainty},
             "training": {"timestep_range": self.max_training_timestep,
                          "pre_segmentation_errors": self.pre_segmentation_errors,
                          "pre_segmentation_source": self.pre_segmentation_source,

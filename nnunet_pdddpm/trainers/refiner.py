@@ -27,6 +27,9 @@ class RefinerRecipe:
     pre_segmentation_source = "out_of_fold"
     pre_segmentation_soft = True
     soft_pre_segmentation = True
+    # soft samples make the predictive entropy continuous: it ranks the error voxels better than the variance of
+    # near-binary samples (benchmark_refiner.py, 3 seeds: voxel error-AUROC 0.984 against 0.949)
+    uncertainty = "entropy"
     timestep_range = 300
     t_prime = 100
     t_prime_sweep = (25, 50, 100, 200, 300)

@@ -77,3 +77,18 @@ def test_help_explains_every_flag():
                          check=True).stdout
     for flag in ("--output", "-profile", "-c", "-device", "--num_processes", "-figures"):
         assert flag in out
+
+
+@pytest.mark.parametrize("pd_dice, verdict, shown", [
+    (0.8375, "matches", "+0.005"),  # below the spread between training seeds: no claim either way
+    (0.8500, "improves on", "+0.017"),
+    (0.8160, "falls below", "-0.017"),
+    (0.8230, "falls below", "-0.010"),  # judged on the difference as printed
+])
+def test_summary_line_judges_the_printed_difference(pd_dice, verdict, shown):
+    from nnunet_pdddpm.demo.pipeline import summary_line
+
+    rows = [{"method": "pre-segmenter", "dice": 0.833, "lesion_f1": 0.9, "uncertainty_auroc": 0.99},
+            {"method": "PD-DDPM", "dice": pd_dice, "lesion_f1": 0.9, "uncertainty_auroc": 0.95}]
+    line = summary_line(rows, "the validation sweep")
+    assert line.startswith(f"PD-DDPM {verdict} its pre-segmenter") and f", {shown};" in line

@@ -69,6 +69,7 @@ def _construct(root: Path, cls, monkeypatch):
     ("sampler", "euler", r"Bad\.sampler must be one of ddpm, ddim, dpm\+\+, got 'euler'"),
     ("steps", 0, r"Bad\.steps must be None \(every step\) or an integer of at least 1, got 0"),
     ("t_prime_sweep", (0, 10), r"Bad\.t_prime_sweep must hold integers in \(0, 1000\]"),
+    ("uncertainty", "std", r"Bad\.uncertainty must be one of variance, entropy, .*got 'std'"),
     ("warm_start", "pre_segmenter", r"Bad\.warm_start needs diffusion_config = DiffusionConfig"),
 ])
 def test_invalid_attribute_is_refused_at_construction(nnunet_root, monkeypatch, attribute, value, message) -> None:
@@ -120,6 +121,7 @@ def test_refiner_checkpoint_records_its_warm_start_and_soft_starts(quick) -> Non
                                                 "checkpoint_final.pth")
     assert training["pre_segmentation_source"] == "out_of_fold" and training["pre_segmentation_soft"]
     assert ckpt["pdddpm"]["sampling"]["soft_pre_segmentation"] is True
+    assert ckpt["pdddpm"]["sampling"]["uncertainty"] == "entropy"
     assert (_folder(quick, "PDDDPMTrainer_tiny_refiner") / "fold_0" / "pdddpm_t_prime.json").is_file()
 
 
@@ -251,3 +253,40 @@ def test_benchmark_trains_every_denoiser_after_the_folds_it_reads() -> None:
     assert set(first) == {(s, FULL.pre_segmenter, f) for s in (0, 2) for f in range(5)} | {(1, FULL.pre_segmenter, 0)}
     assert len(first) == len(set(first)) == 11  # seed 2's partner is seed 1 (fold 0 only); seed 0's is seed 1 too
     assert sorted(second) == sorted((s, t, 0) for s in (0, 2) for t in (FULL.refiner, FULL.more, FULL.paper))
+
+
+@pytest.mark.slow
+def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(quick, tmp_path) -> None:
+    """Without flags, predict samples from the refiner's stored soft start and writes its entropy map; the CLI's
+    own defaults must not override what the checkpoint says (a silent switch to the paper's argmax)."""
+    import numpy as np
+    import SimpleITK as sitk
+    from conftest import run_cli
+
+    env = nnunet_env(quick)
+    env.update(nnUNet_raw=str(quick / "nnUNet_raw"), nnUNet_preprocessed=str(quick / "nnUNet_preprocessed"),
+               nnUNet_results=str(quick / "results_seed0"))
+    images = sorted((quick / "nnUNet_raw" / QUICK_DATASET / "imagesTs").glob("*_0000.nii.gz"))[:1]
+    one_case = tmp_path / "in"
+    one_case.mkdir()
+    for image in images:
+        (one_case / image.name).write_bytes(image.read_bytes())
+    case = images[0].name[:-len("_0000.nii.gz")]
+
+    def predict(name: str, *flags: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        out = tmp_path / name
+        run_cli(["nnunet_pdddpm_predict", "-i", str(one_case), "-o", str(out), "-d", QUICK_DATASET, "-c", "2d",
+                 "-f", "0", "-tr", "PDDDPMTrainer_tiny_refiner", "-preseg_tr", "nnUNetTrainer_tiny", "-device", "cpu",
+                 "-t_prime", "50", "-ensemble_size", "2", "-npp", "1", "-nps", "1", "--disable_progress_bar",
+                 *flags], env)
+        unc = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty" / f"{case}_uncertainty.nii.gz")))
+        probabilities = np.load(out / f"{case}.npz")["probabilities"]
+        return probabilities, unc, json.loads((out / "uncertainty" / "case_scores.json").read_text())
+
+    default = predict("default", "--save_probabilities")
+    soft = predict("soft", "--save_probabilities", "--soft_pre_segmentation", "-uncertainty", "entropy")
+    hard = predict("hard", "--save_probabilities", "--hard_pre_segmentation")
+    assert default[2][case]["uncertainty"] == "entropy"
+    np.testing.assert_array_equal(default[0], soft[0])
+    np.testing.assert_array_equal(default[1], soft[1])
+    assert not np.array_equal(default[0], hard[0])  # the argmax start gives other samples
