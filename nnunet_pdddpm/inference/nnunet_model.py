@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from os.path import join
+from os.path import isfile, join
 
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -72,3 +72,19 @@ def initialize_from_model_folder(predictor: nnUNetPredictor, model_folder: str, 
                                   f"fold.") from None
     predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                     trainer_name, mirroring_axes)
+
+
+def checked_folds(model_folder: str, folds, checkpoint_name: str, what: str) -> list:
+    """The folds to load (all trained ones when ``folds`` is None); one sentence naming ``what`` if a checkpoint is
+    missing."""
+    if folds is None:
+        folds = nnUNetPredictor.auto_detect_available_folds(model_folder, checkpoint_name)
+    folds = [f if f == "all" else int(f) for f in folds]
+    if not folds:
+        raise PDDDPMUserError(f"No trained fold with {checkpoint_name} in the {what} folder {model_folder}.")
+    for f in folds:
+        ckpt = join(model_folder, f"fold_{f}", checkpoint_name)
+        if not isfile(ckpt):
+            raise PDDDPMUserError(f"The {what} checkpoint {ckpt} does not exist; finish training fold {f} or pass "
+                                  f"another fold/checkpoint.")
+    return folds

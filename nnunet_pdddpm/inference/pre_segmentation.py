@@ -21,7 +21,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_pdddpm.discovery import ensure_trainer_discovery
 from nnunet_pdddpm.errors import PDDDPMUserError
-from nnunet_pdddpm.inference.nnunet_model import initialize_from_model_folder
+from nnunet_pdddpm.inference.nnunet_model import checked_folds, initialize_from_model_folder
 from nnunet_pdddpm.probability_files import read_probabilities
 
 
@@ -56,7 +56,7 @@ class ModelPreSegmenter:
         self.model_folder = model_folder
         self.predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                          perform_everything_on_device=True, device=device, allow_tqdm=False)
-        folds = _checked_folds(model_folder, folds, checkpoint_name, "pre-segmenter")
+        folds = checked_folds(model_folder, folds, checkpoint_name, "pre-segmenter")
         initialize_from_model_folder(self.predictor, model_folder, folds, checkpoint_name, trust_checkpoints)
         self.plans_manager: PlansManager = self.predictor.plans_manager
         self.configuration_manager: ConfigurationManager = self.predictor.configuration_manager
@@ -114,20 +114,6 @@ class NpzPreSegmentation:
         return probs / probs.sum(0, keepdim=True).clamp_min(1e-8)
 
 
-def _checked_folds(model_folder: str, folds, checkpoint_name: str, what: str) -> list:
-    if folds is None:
-        folds = nnUNetPredictor.auto_detect_available_folds(model_folder, checkpoint_name)
-    folds = [f if f == "all" else int(f) for f in folds]
-    if not folds:
-        raise PDDDPMUserError(f"No trained fold with {checkpoint_name} in the {what} folder {model_folder}.")
-    for f in folds:
-        ckpt = join(model_folder, f"fold_{f}", checkpoint_name)
-        if not isfile(ckpt):
-            raise PDDDPMUserError(f"The {what} checkpoint {ckpt} does not exist; finish training fold {f} or pass "
-                                  f"another fold/checkpoint.")
-    return folds
-
-
 def check_compatible(denoiser_pm: PlansManager, denoiser_cm: ConfigurationManager, denoiser_dj: dict,
                      other_pm: PlansManager, other_cm: ConfigurationManager, other_dj: dict, what: str) -> None:
     """Raise one sentence if ``what`` cannot serve as pre-segmenter for the denoiser (same data, labels, geometry)."""
@@ -162,7 +148,8 @@ class CachedPreSegmentation:
     """Wraps a pre-segmenter (``ModelPreSegmenter`` or ``NpzPreSegmentation``); runs it once per case.
 
     ``seconds[case]`` is the time of that one run; ``nfe[case]`` its network evaluations as given by
-    ``count_nfe(data)`` (0 for precomputed probabilities).
+    ``count_nfe(data)`` (0 for precomputed probabilities). A case without a key is run every time and not kept:
+    two such cases would otherwise share the first one's probabilities.
     """
 
     def __init__(self, source: PreSegmentation, count_nfe: Callable[[torch.Tensor], int] | None = None,
@@ -178,6 +165,8 @@ class CachedPreSegmentation:
         self.source.check_case(case_key)
 
     def probabilities(self, data: torch.Tensor, properties: dict, case_key: str | None) -> torch.Tensor:
+        if case_key is None:
+            return self.source.probabilities(data, properties, case_key).float().cpu()
         if case_key not in self.cache:
             start = time.perf_counter()
             self.cache[case_key] = self.source.probabilities(data, properties, case_key).float().cpu()

@@ -51,10 +51,10 @@ from nnunet_pdddpm.inference.export import (
 from nnunet_pdddpm.inference.fusion import fuse_with_pre_segmentation
 from nnunet_pdddpm.inference.input_checks import check_cases, input_cases
 from nnunet_pdddpm.inference.nnunet_entry_points import NNUNetEntryPoints
+from nnunet_pdddpm.inference.nnunet_model import checked_folds
 from nnunet_pdddpm.inference.pre_segmentation import (
     ModelPreSegmenter,
     PreSegmentation,
-    _checked_folds,
     check_compatible,
 )
 from nnunet_pdddpm.inference.scores_file import record_case_scores
@@ -149,7 +149,7 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
                                   f"DATASET CONFIG FOLD -tr PDDDPMTrainer or check -d/-c/-tr/-p.")
         if not isfile(join(folder, "plans.json")) or not isfile(join(folder, "dataset.json")):
             raise PDDDPMUserError(f"{folder} is not an nnU-Net model folder (plans.json or dataset.json missing).")
-        folds = _checked_folds(folder, use_folds, checkpoint_name, "denoiser")
+        folds = checked_folds(folder, use_folds, checkpoint_name, "denoiser")
         checkpoints = [_load_denoiser_checkpoint(join(folder, f"fold_{f}", checkpoint_name)) for f in folds]
         first = checkpoints[0]
         plans_manager = PlansManager(load_json(join(folder, "plans.json")))

@@ -79,3 +79,20 @@ def test_cache_runs_the_source_once_per_case(square):
         degraded.probabilities(torch.zeros(1), {}, "a")
     assert calls == ["a"] and cache.nfe == {"a": 7} and degraded.nfe == {"a": 7}
     assert foreground(degraded.probabilities(torch.zeros(1), {}, "a")).sum() == 9
+
+
+def test_cases_without_a_key_are_never_served_from_the_cache():
+    class Source:  # the probabilities follow the data, so a stale cache entry shows
+        def probabilities(self, data, properties, case_key):
+            return torch.stack([1 - data, data])
+
+        def describe(self):
+            return "source"
+
+        def check_case(self, case_key):
+            pass
+
+    cache = CachedPreSegmentation(Source())
+    first = cache.probabilities(torch.zeros(1, 4), {}, None)
+    second = cache.probabilities(torch.ones(1, 4), {}, None)
+    assert first[1].sum() == 0 and second[1].sum() == 4 and cache.cache == {}
