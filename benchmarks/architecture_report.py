@@ -1,7 +1,7 @@
 """Print the package's shape: lines per layer, imports between layers, longest functions.
 
-Why: issue 13 asks for before/after figures of the structure; this script makes them
-reproducible (``python -m benchmarks.architecture_report``).
+Why: a refactoring's effect on the structure should be a measured figure, not an impression; this script makes
+the figures reproducible (``python -m benchmarks.architecture_report``).
 """
 
 from __future__ import annotations

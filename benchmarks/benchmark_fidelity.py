@@ -13,7 +13,7 @@ trained with the pre-segmenter's and the denoiser's training samples together (t
 A denoiser trained on its pre-segmenter's predictions is sampled from that pre-segmenter only; for one trained
 on out-of-fold predictions (``_oof``) the pre-segmenter's folds 1-4 are trained first.
 
-    python -m benchmarks.benchmark_fidelity -o WORK          # the README's table (3 seeds: ~1.5 h alone, 2 cores)
+    python -m benchmarks.benchmark_fidelity -o WORK          # documented table (3 seeds: ~1.5 h alone, 2 cores)
     python -m benchmarks.benchmark_fidelity -o WORK --seeds 0 --denoisers PDDDPMTrainer_demoCPU_x0 ...
     python -m benchmarks.benchmark_fidelity -o WORK --quick               # the tiny set and models (tests)
 

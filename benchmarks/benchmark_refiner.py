@@ -17,7 +17,7 @@ the case scores of the samples (1 - mean pairwise Dice between samples, the mean
 HD95, lesion F1, AVD and each map's error-AUROC; case-level AURC (risk = 1 - Dice) of each case score, pooled
 over seeds x cases; paired bootstrap 95 % intervals of Dice and lesion F1 against (1), (b) and (c).
 
-    python -m benchmarks.benchmark_refiner -o WORK                 # the README's table (3 seeds)
+    python -m benchmarks.benchmark_refiner -o WORK                 # documented table (3 seeds)
     python -m benchmarks.benchmark_refiner -o WORK --seeds 0       # one seed
     python -m benchmarks.benchmark_refiner -o WORK --quick         # the tiny set and models (tests)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 5 in one device call (the lease is short: see README.md, "On the GPU machine").
+# Every GPU performance measurement in one device call (the lease is short: see README.md, "On the GPU machine").
 #
 #   bash benchmarks/gpu_session.sh                    # on the GPU machine, after unpacking .devenv
 #   DEVICE=cpu QUICK=1 OUT=/tmp/o bash benchmarks/gpu_session.sh   # dry run of every command on a CPU

@@ -1,7 +1,7 @@
 """Old option spellings: still parsed, with a warning, until :data:`REMOVED_IN`.
 
-Release 0.1 spelled options with values with two dashes (``--t_prime 300``); nnU-Net's convention,
-followed now, is one dash for options with values and two for switches. Light on purpose: the
+Release 0.1.0 spelled options with values with two dashes (``--t_prime 300``); nnU-Net's convention,
+followed since 0.2.0, is one dash for options with values and two for switches. Light on purpose: the
 scripts' ``--help`` loads no torch.
 """
 from __future__ import annotations

@@ -487,7 +487,7 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
     def _check_recipe(self, checkpoint: dict, source) -> None:
         """Refuse to resume (or validate) a checkpoint written with another recipe: its weights mean something else
         (another model target, or an initialisation this trainer would not have made). Seen when a folder of the
-        paper's recipe, made by ``PDDDPMTrainer`` before it became the refiner, is resumed with ``--c``."""
+        paper's recipe, trained by ``PDDDPMTrainer`` of nnunet-pdddpm 0.1.0, is resumed with ``--c``."""
         stored = checkpoint.get("pdddpm", {})
         # only what is known before initialize(): nnU-Net's --c loads the checkpoint first
         mine = self.diffusion_config.to_dict()
@@ -503,8 +503,8 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
             raise PDDDPMUserError(
                 f"{source if isinstance(source, (str, os.PathLike)) else 'The checkpoint'} was written with another "
                 f"recipe than {type(self).__name__} ({'; '.join(differences)}); resume or validate it with the "
-                f"trainer that wrote it (PDDDPMTrainer_paper for the paper's recipe, which PDDDPMTrainer was before "
-                f"it became the refiner), or train into a new output folder.")
+                f"trainer that wrote it (PDDDPMTrainer_paper for the paper's recipe, which older versions of "
+                f"PDDDPMTrainer trained), or train into a new output folder.")
 
     # ---------------------------------------------------------------- final validation
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:

@@ -247,8 +247,8 @@ class PDDDPMTrainer_oof(_OutOfFoldErrors, PDDDPMTrainer_preseg):
 
 
 class PDDDPMTrainer_refiner(PDDDPMTrainer):
-    """``PDDDPMTrainer`` under the name the refiner had before it became the default (folders trained with it
-    keep resolving)."""
+    """``PDDDPMTrainer`` under the alias ``PDDDPMTrainer_refiner`` (folders trained under that name keep
+    resolving)."""
 
 
 # ---------------------------------------------------------------- the CPU demo

@@ -16,7 +16,8 @@ CHECKPOINT = Path("fold_0") / "checkpoint_final.pth"
 
 @pytest.fixture
 def results(env, tmp_path, monkeypatch) -> Path:
-    """A copy of the session's two model folders as nnUNet_results (the tests edit their checkpoints)."""
+    """A copy of the two model folders conftest trains once per test run, as nnUNet_results (the tests edit their
+    checkpoints)."""
     root = tmp_path / "results"
     for trainer in (PRE, DENOISER):
         shutil.copytree(model_folder(env, trainer), root / DATASET / model_folder(env, trainer).name)

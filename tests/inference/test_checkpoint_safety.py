@@ -1,6 +1,6 @@
 """No checkpoint runs code unless the user opts in (``--trust_checkpoints``, ``nnunet_pdddpm_trust_checkpoints=1``).
 
-A crafted pre-segmenter checkpoint is a real one of the test session with one extra entry whose unpickling
+A crafted pre-segmenter checkpoint is a real one of the test run with one extra entry whose unpickling
 creates a marker file: the harmless stand-in for a payload. nnU-Net's own checkpoints (numpy scalars in the
 logger) must still load without any opt-in and predict exactly as nnU-Net's predictor does.
 """
@@ -72,7 +72,7 @@ def plain_nnunet(trained, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def crafted(env, tmp_path):
-    """(results root, crafted pre-segmenter folder, marker): the session's models, the pre-segmenter's final
+    """(results root, crafted pre-segmenter folder, marker): the test run's models, the pre-segmenter's final
     checkpoint with a payload added; the denoiser beside it, untouched."""
     results = tmp_path / "results"
     for trainer in (PRE, "PDDDPMTrainer_tiny"):
@@ -205,7 +205,7 @@ def test_experiments_refuse_crafted_pre_segmenter_unless_trusted(crafted, env, t
 
 
 def _trainer(trainer_class, root: Path, results: Path, monkeypatch):
-    """An initialised trainer on the session's preprocessed data whose results root is ``results``."""
+    """An initialised trainer on the test run's preprocessed data whose results root is ``results``."""
     for key, value in _env_with_results(root, results).items():
         if key.startswith("nnUNet"):
             monkeypatch.setenv(key, value)

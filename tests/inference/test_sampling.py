@@ -1,4 +1,4 @@
-"""PDDDPMPredictor's sampling on the tiny trained models: the issue's invariants, in-process."""
+"""PDDDPMPredictor's sampling on the tiny trained models: the method's invariants, in-process."""
 import numpy as np
 import pytest
 import torch

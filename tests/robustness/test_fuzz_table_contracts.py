@@ -1,4 +1,4 @@
-"""A second table of bad inputs: the ones that used to pass silently (exit 0 with a damaged file or a wrong number).
+"""A second table of bad inputs: the ones that could pass silently (exit 0 with a damaged file or a wrong number).
 
 Same contract as ``test_fuzz_table.py``: each row spoils one thing and runs the console script's ``main``; it must
 end with exit status 2, exactly one ``error:`` line naming the problem, no traceback, and no output that looks
