@@ -159,10 +159,6 @@ class PDDDPMTrainer_tiny(_InitSettings, PDDDPMTrainer_paper):
     init_settings = {**_TINY_RUN, "initial_lr": 1e-3}
 
 
-class PDDDPMTrainer_tiny_aware(_PredictsX0, _SimulatedErrors, PDDDPMTrainer_tiny):
-    timestep_range = 40
-
-
 class PDDDPMTrainer_tiny_preseg(_SegmentationOutput, _PreSegmenterErrors, PDDDPMTrainer_tiny):
     timestep_range = 40
 
@@ -301,14 +297,6 @@ class PDDDPMTrainer_demoCPU_x0(_PredictsX0, PDDDPMTrainer_demoCPU):
     pass
 
 
-class PDDDPMTrainer_demoCPU_v(_PredictsV, PDDDPMTrainer_demoCPU):
-    pass
-
-
-class PDDDPMTrainer_demoCPU_tmax(PDDDPMTrainer_demoCPU):
-    timestep_range = 200  # twice the CPU demo's T' = 100
-
-
 class PDDDPMTrainer_demoCPU_aware(_PredictsX0, _SimulatedErrors, PDDDPMTrainer_demoCPU):
     timestep_range = 200
 
@@ -335,12 +323,6 @@ class PDDDPMTrainer_demoCPU_oof(_OutOfFoldErrors, PDDDPMTrainer_demoCPU_preseg):
     it out (needs its other folds trained)."""
 
     pre_segmenter_trainers = ("PDDDPMAttUNetTrainer_demoCPU",)
-
-
-class PDDDPMTrainer_demoCPU_presegNN(PDDDPMTrainer_demoCPU_preseg):
-    """``_preseg`` for the plain nnU-Net pre-segmenter of the demo budget."""
-
-    pre_segmenter_trainers = ("nnUNetTrainer_demoCPU",)
 
 
 class nnUNetTrainer_demoCPU(_DemoCPUSegmenterBudget, SeededTrainingMixin, nnUNetTrainer):

@@ -290,3 +290,23 @@ def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(qui
     np.testing.assert_array_equal(default[0], soft[0])
     np.testing.assert_array_equal(default[1], soft[1])
     assert not np.array_equal(default[0], hard[0])  # the argmax start gives other samples
+
+
+@pytest.mark.slow
+def test_sampling_study_compares_fast_fused_and_gated_sampling(quick) -> None:
+    """``benchmarks/refiner_sampling_study.py --quick`` on the benchmark's models: one row per setting, paired against
+    nnU-Net and the default; fusion and gating reuse the default's samples (same network evaluations), ten DDIM
+    steps cost twice five."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "benchmarks.refiner_sampling_study", "-o", str(quick), "--quick",
+               "--settings", "ddim10", "fused", "gated"]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["setting"]: r for r in json.loads((quick / "refiner_sampling.json").read_text())["rows"]}
+    default, ten = rows["DDIM 5 steps (default)"], rows["DDIM 10 steps"]
+    fused, gated = rows["DDIM 5, fused with nnU-Net (w 0.5)"], rows["DDIM 5, confidence gate 0.9"]
+    assert {r["n"] for r in rows.values()} == {2}  # seed 0 x the quick benchmark's two test cases
+    pre_nfe = rows["nnU-Net"]["nfe"]
+    assert ten["nfe"] - pre_nfe == pytest.approx(2 * (default["nfe"] - pre_nfe))
+    assert fused["nfe"] == gated["nfe"] == default["nfe"]
+    assert "delta_dice_vs_ddim5" not in default and len(fused["delta_dice_vs_ddim5"]) == 3
