@@ -1,0 +1,141 @@
+"""How the refiner's samples are drawn and combined: fast against best sampler, fusion and gating.
+
+On a work folder of ``benchmark_refiner`` (its trained models of ``--seeds``), at T' = 300 (``--quick``: 10) with an
+ensemble of 5 and the entropy map, per seed: DDIM 5 steps (the default), DDIM 10 steps, ancestral DDPM with every
+step (the best the sampler can do; 300 network evaluations per sample), and DDIM 5 steps fused with nnU-Net's softmax
+(``-preseg_weight 0.5``) or gated by the ensemble's confidence (``-confidence_gate 0.9``: below it nnU-Net's
+probabilities are kept). Each against nnU-Net and against the default, paired over cases.
+
+    python -m benchmarks.refiner_sampling_study -o WORK [--seeds 0] [--device cuda] [--settings ddim10 fused ...]
+
+Samples found in ``WORK/sampling`` are reused. Output: a table and ``WORK/refiner_sampling.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.benchmark_fidelity import model_folder
+from benchmarks.benchmark_refiner import FULL, NNUNET, QUICK, Setup, _runner, nanmean, per_case, segmenter_row
+from nnunet_pdddpm.evaluation.paired import paired_difference
+from nnunet_pdddpm.io_utils import write_json_atomic
+
+T_PRIME = {"full": 300, "quick": 10}  # quick: the tiny refiner is trained on t < 20
+SETTINGS = {  # name: (label, SamplingSettings changes)
+    "ddim5": ("DDIM 5 steps (default)", {"sampler": "ddim", "steps": 5}),
+    "ddim10": ("DDIM 10 steps", {"sampler": "ddim", "steps": 10}),
+    "ddpm": ("DDPM, every step (best)", {"sampler": "ddpm", "steps": None}),
+    "fused": ("DDIM 5, fused with nnU-Net (w 0.5)", {"sampler": "ddim", "steps": 5, "pre_segmentation_weight": 0.5}),
+    "gated": ("DDIM 5, confidence gate 0.9", {"sampler": "ddim", "steps": 5, "confidence_gate": 0.9}),
+}
+DEFAULT = "ddim5"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", required=True, help="the refiner benchmark's work folder (trained models)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds whose models are used (default: 0)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--quick", action="store_true", help="a --quick work folder (tiny models; for tests)")
+    p.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=tuple(SETTINGS),
+                   help="settings to run (default: all; ddpm costs 300 network evaluations per sample, hours on a "
+                        "CPU); the default, ddim5, is always run")
+    return p
+
+
+def study_seed(work: Path, seed: int, dataset: Path, device: str, setup: Setup, t_prime: int,
+               keys: tuple[str, ...]) -> dict[str, dict]:
+    """{setting: {case: {dice, lesion_f1, entropy_auroc, nfe}}}, nnU-Net's row under ``"nnunet"``."""
+    for trainer in (setup.pre_segmenter, setup.refiner):
+        if not (model_folder(work, seed, dataset.name, trainer) / "fold_0" / "checkpoint_final.pth").is_file():
+            raise SystemExit(f"{work} has no trained {trainer} for seed {seed}; run benchmark_refiner first.")
+    runner = _runner(work, seed, dataset, setup, seed, setup.pre_segmenter, "nnunet", device)
+    pre = runner.pre_segmentation()
+
+    def probs(case):
+        data, properties = runner.case_data(case)
+        return pre.probabilities(data, properties, case), pre.nfe[case]
+
+    base = segmenter_row(runner, "nnunet", NNUNET, probs)
+    out = {"nnunet": {c: {"dice": v["dice"], "lesion_f1": v["lesion_f1"], "entropy_auroc": v["maps"]["entropy"],
+                          "nfe": base["nfe"]} for c, v in base["cases"].items()}}
+    for key in keys:
+        label, changes = SETTINGS[key]
+        settings = runner.settings(t_prime=t_prime, ensemble_size=setup.ensemble_size, uncertainty="entropy",
+                                   **changes)
+        name = f"study_t{t_prime}_{key}"
+        if not (runner.output / "evaluation" / f"{name}.json").is_file():
+            start = time.perf_counter()
+            for case in runner.cases:
+                result, nfe, seconds = runner.sample(case, settings, pre)
+                runner.export(name, case, result.probabilities, result.uncertainty, nfe, seconds)
+            runner.evaluate(name)
+            print(f"  seed {seed}: {label}: {time.perf_counter() - start:.1f} s", flush=True)
+        log = json.loads((runner.folder(name) / "pdddpm_cases.json").read_text())
+        out[key] = {c: {"dice": v["dice"], "lesion_f1": v["lesion_f1"], "entropy_auroc": v["uncertainty_auroc"],
+                        "nfe": log[c]["nfe"]} for c, v in per_case(runner, name).items()}
+    return out
+
+
+def summarise(per_seed: dict[int, dict]) -> list[dict]:
+    rows = []
+    keys = [k for k in SETTINGS if all(k in v for v in per_seed.values())]
+    for key, label in [("nnunet", NNUNET), *((k, SETTINGS[k][0]) for k in keys)]:
+        pairs = [(s, c) for s in per_seed for c in per_seed[s][key]]
+        value = {m: [per_seed[s][key][c][m] for s, c in pairs] for m in ("dice", "lesion_f1", "entropy_auroc", "nfe")}
+        row = {"setting": label, "n": len(pairs), **{m: nanmean(v) for m, v in value.items()}}
+        for against in ("nnunet", DEFAULT):
+            if against != key:
+                d = paired_difference([per_seed[s][against][c]["dice"] for s, c in pairs], value["dice"])
+                row[f"delta_dice_vs_{against}"] = [d["mean"], d["low"], d["high"]]
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    def ci(r, key):
+        return "" if key not in r else "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r[key])
+
+    head = ["setting", "n", "Dice", "ΔDice vs nnU-Net", "ΔDice vs DDIM 5", "lesion F1", "err-AUROC (entropy)",
+            "NFE/case"]
+    lines = [head] + [[r["setting"], str(r["n"]), f"{r['dice']:.4f}", ci(r, "delta_dice_vs_nnunet"),
+                       ci(r, f"delta_dice_vs_{DEFAULT}"), f"{r['lesion_f1']:.3f}", f"{r['entropy_auroc']:.3f}",
+                       f"{r['nfe']:.0f}"] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    work = Path(args.output).resolve()
+    setup, t_prime = (QUICK, T_PRIME["quick"]) if args.quick else (FULL, T_PRIME["full"])
+    dataset = work / "nnUNet_raw" / f"Dataset{setup.dataset_id:03d}_{setup.dataset_name}"
+    start = time.perf_counter()
+    keys = tuple(k for k in SETTINGS if k == DEFAULT or k in args.settings)
+    per_seed = {seed: study_seed(work, seed, dataset, args.device, setup, t_prime, keys) for seed in args.seeds}
+    rows = summarise(per_seed)
+    wall = time.perf_counter() - start
+    gpu = None
+    if args.device == "cuda":
+        import torch
+        gpu = torch.cuda.get_device_name(0)
+    print()
+    print(format_rows(rows))
+    print(f"\nT'={t_prime}, ensemble {setup.ensemble_size}; seeds {args.seeds}; n = seeds x test cases; wall time "
+          f"{wall / 60:.1f} min; {os.cpu_count()} CPU cores" + (f", {gpu}" if gpu else ""))
+    write_json_atomic({"command": " ".join(["python -m benchmarks.refiner_sampling_study", *(argv or sys.argv[1:])]),
+                       "wall_time_s": wall, "gpu": gpu, "seeds": args.seeds, "rows": rows,
+                       "per_case": {str(s): v for s, v in per_seed.items()}},
+                      work / "refiner_sampling.json", strict=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
