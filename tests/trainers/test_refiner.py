@@ -297,7 +297,8 @@ def test_sampling_study_compares_fast_fused_and_gated_sampling(quick) -> None:
     """``benchmarks/refiner_sampling_study.py --quick`` on the benchmark's models: one row per setting, paired against
     nnU-Net and the default; fusion and gating reuse the default's samples (same network evaluations), ten DDIM
     steps cost twice five."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "benchmarks.refiner_sampling_study", "-o", str(quick), "--quick",
                "--settings", "ddim10", "fused", "gated"]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
