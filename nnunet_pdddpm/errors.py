@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -30,6 +31,11 @@ def cli_entry(func: F) -> F:
                 sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def is_nnunet_command() -> bool:
+    """Whether this process is one of nnU-Net's console scripts (``nnUNetv2_train``, ...), not a user's Python."""
+    return os.path.basename(sys.argv[0] if sys.argv else "").startswith("nnUNetv2_")
 
 
 def install_excepthook() -> None:

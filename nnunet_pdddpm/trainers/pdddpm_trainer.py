@@ -47,7 +47,7 @@ from nnunet_pdddpm.diffusion import (
     training_target,
 )
 from nnunet_pdddpm.discovery import DEFAULT_PRE_SEGMENTER_TRAINER
-from nnunet_pdddpm.errors import PDDDPMUserError, install_excepthook
+from nnunet_pdddpm.errors import PDDDPMUserError, install_excepthook, is_nnunet_command
 from nnunet_pdddpm.inference.settings import UNCERTAINTY_KINDS
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs, denoiser_kwargs_from_plans
 from nnunet_pdddpm.precision import autocast
@@ -131,7 +131,8 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        install_excepthook()  # nnUNetv2_train is our entry point here: its user errors print one sentence
+        if is_nnunet_command():  # nnUNetv2_train is our entry point: its user errors print one sentence
+            install_excepthook()  # (a user's own Python keeps its excepthook and sees the exception)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
         self.initial_lr = 1e-4

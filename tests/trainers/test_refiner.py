@@ -311,3 +311,10 @@ def test_sampling_study_compares_fast_fused_and_gated_sampling(quick) -> None:
     assert ten["nfe"] - pre_nfe == pytest.approx(2 * (default["nfe"] - pre_nfe))
     assert fused["nfe"] == gated["nfe"] == default["nfe"]
     assert "delta_dice_vs_ddim5" not in default and len(fused["delta_dice_vs_ddim5"]) == 3
+
+
+def test_a_trainer_made_in_python_leaves_the_excepthook_alone(nnunet_root, monkeypatch) -> None:
+    """Only nnU-Net's own commands get the one-sentence excepthook; a notebook or script keeps its own."""
+    before = sys.excepthook
+    _construct(nnunet_root, _tiny(), monkeypatch)
+    assert sys.excepthook is before and not getattr(sys.excepthook, "_pdddpm", False)
