@@ -39,8 +39,10 @@ def test_table_has_both_methods_with_finite_scores(first_run):
                                                               "checkpoint_final.pth")
     assert denoiser["sampling"]["soft_pre_segmentation"] is True
     assert (workdir / "report" / "results.csv").read_text().splitlines()[0].startswith("method,dice,hd95")
-    assert all(saved["stage_seconds_this_run"][stage] > 0 for stage in WORK_STAGES)
-    assert saved["wall_time_s"] > 0
+    stages = saved["stage_seconds_this_run"]
+    assert all(stages[stage] > 0 for stage in WORK_STAGES)
+    # the stages run one after another inside the run: together they fit in its wall time
+    assert sum(v for v in stages.values() if v is not None) <= saved["wall_time_s"]
 
 
 def test_figures_are_pngs(first_run):

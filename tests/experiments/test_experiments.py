@@ -73,7 +73,7 @@ def test_tprime_zero_reproduces_the_pre_segmenter(common, tmp_path):
     # T'=0: no reverse step, the ensemble is the hard pre-segmentation itself
     assert float(zero["dice"]) == saved["pre_segmenter"]["dice"]
     assert float(zero["mean_uncertainty"]) == 0.0
-    assert float(twenty["mean_uncertainty"]) >= 0.0
+    assert float(twenty["mean_uncertainty"]) > 0.0  # two members from independent noise disagree somewhere
     assert float(twenty["nfe_per_case"]) > float(zero["nfe_per_case"])
 
 
