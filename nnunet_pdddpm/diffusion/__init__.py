@@ -1,6 +1,12 @@
 """Diffusion core: schedule, mask encoding, samplers. Knows nothing about nnU-Net."""
 from nnunet_pdddpm.diffusion.config import OUTPUT_ACTIVATIONS, PREDICTION_TYPES, DiffusionConfig
-from nnunet_pdddpm.diffusion.encoding import decode_to_probabilities, encode_labels, encode_probabilities, hard_onehot
+from nnunet_pdddpm.diffusion.encoding import (
+    decode_to_probabilities,
+    encode_labels,
+    encode_pre_segmentation,
+    encode_probabilities,
+    hard_onehot,
+)
 from nnunet_pdddpm.diffusion.samplers import SAMPLERS, reverse_process, sampling_timesteps
 from nnunet_pdddpm.diffusion.schedule import (
     diffuse,
@@ -19,6 +25,7 @@ __all__ = [
     "decode_to_probabilities",
     "diffuse",
     "encode_labels",
+    "encode_pre_segmentation",
     "encode_probabilities",
     "hard_onehot",
     "make_ddpm_scheduler",

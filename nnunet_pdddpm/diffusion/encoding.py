@@ -30,6 +30,21 @@ def hard_onehot(probabilities: torch.Tensor) -> torch.Tensor:
     return onehot * 2 - 1
 
 
+def encode_pre_segmentation(probabilities: torch.Tensor, soft: bool) -> torch.Tensor:
+    """The pre-segmentation as the start of the forward process: (B, K, ...) probabilities -> (B, K, ...) in [-1, 1].
+
+    ``soft``: its probabilities as 2p - 1 (what the refiner is trained on and samples from); else its one-hot argmax
+    (the paper). Voxels whose probabilities are all zero (padding around the image) are background, so that padding
+    does not start as the first class by accident of argmax or as "no class" in the soft encoding.
+    """
+    probabilities = probabilities.float()
+    blank = probabilities.sum(1) == 0
+    if blank.any():
+        probabilities = probabilities.clone()
+        probabilities[:, 0][blank] = 1
+    return encode_probabilities(probabilities) if soft else hard_onehot(probabilities)
+
+
 def decode_to_probabilities(x0: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Sample in [-1, 1] (B, K, ...) -> class probabilities (B, K, ...) summing to 1 over K.
 

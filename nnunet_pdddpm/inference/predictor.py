@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nnunet_pdddpm.checkpoints import load_checkpoint_safe, state_dict_problem
-from nnunet_pdddpm.diffusion import DiffusionConfig, encode_probabilities, hard_onehot
+from nnunet_pdddpm.diffusion import DiffusionConfig, encode_pre_segmentation
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.image_integrity import image_file_problem, read_image_header
 from nnunet_pdddpm.inference.compiled import DenoiserCache
@@ -270,8 +270,7 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         if not sampling.vanilla:
             probs = pre_segmentation.probabilities(data, properties, case_key).to(compute)
             probs, _ = pad_nd_image(probs, patch, "constant", {"value": 0}, True, None)
-            probs[0][probs.sum(0) == 0] = 1  # padding is background
-            x0_pre = encode_probabilities(probs) if sampling.soft_pre_segmentation else hard_onehot(probs[None])[0]
+            x0_pre = encode_pre_segmentation(probs[None], sampling.soft_pre_segmentation)[0]
         data = data.to(compute, torch.float32)
         padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
         slicers = self._internal_get_sliding_window_slicers(padded.shape[1:])

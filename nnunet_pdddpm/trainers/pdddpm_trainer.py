@@ -39,7 +39,7 @@ from nnunet_pdddpm.diffusion import (
     DiffusionConfig,
     diffuse,
     encode_labels,
-    encode_probabilities,
+    encode_pre_segmentation,
     make_ddpm_scheduler,
     model_output,
     predict_x0,
@@ -357,9 +357,7 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
             return encode_labels(simulate_pre_segmentation_errors(self._label_indices(target), len(classes)), classes)
         with torch.no_grad(), self._autocast():
             logits = self.training_pre_segmenter(data, keys).float()
-        if self.pre_segmentation_soft:
-            return encode_probabilities(torch.softmax(logits, 1))
-        return encode_labels(logits.argmax(1, keepdim=True), classes)
+        return encode_pre_segmentation(torch.softmax(logits, 1), self.pre_segmentation_soft)
 
     def _label_indices(self, target: torch.Tensor) -> torch.Tensor:
         """nnU-Net label values (B, 1, ...) -> channel indices of the mask encoding (background 0)."""

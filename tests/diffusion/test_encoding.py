@@ -32,3 +32,16 @@ def test_hard_and_soft_pre_segmentation_encodings():
     probs = torch.tensor([[0.7, 0.2], [0.3, 0.8]])[None]  # (1, K=2, 2)
     assert hard_onehot(probs)[0].tolist() == [[1.0, -1.0], [-1.0, 1.0]]
     torch.testing.assert_close(encode_probabilities(probs)[0], torch.tensor([[0.4, -0.6], [-0.4, 0.6]]))
+
+
+def test_pre_segmentation_start_treats_padding_as_background():
+    from nnunet_pdddpm.diffusion import encode_pre_segmentation
+
+    p = torch.tensor([[[0.2, 0.0, 0.7], [0.5, 0.0, 0.1], [0.3, 0.0, 0.2]]])  # (B=1, K=3, 3 voxels); voxel 1 is padding
+    soft = encode_pre_segmentation(p, soft=True)
+    hard = encode_pre_segmentation(p, soft=False)
+    expected_p = p.clone()
+    expected_p[0, :, 1] = torch.tensor([1.0, 0.0, 0.0])
+    assert torch.equal(soft, expected_p * 2 - 1)
+    assert torch.equal(hard[0].argmax(0), torch.tensor([1, 0, 0])) and set(hard.unique().tolist()) == {-1.0, 1.0}
+    assert p[0, 0, 1] == 0  # the caller's probabilities are left as they were
