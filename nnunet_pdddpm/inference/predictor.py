@@ -194,11 +194,7 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         T = self.diffusion_config.num_train_timesteps
         self.trained_timesteps = int(pdddpm_settings.get("training", {}).get("timestep_range") or T)
         if self.sampling is None:
-            s = pdddpm_settings["sampling"]
-            self.sampling = SamplingSettings(t_prime=s["t_prime"], ensemble_size=s["ensemble_size"],
-                                             sampler=s["sampler"], steps=s["steps"],
-                                             soft_pre_segmentation=bool(s.get("soft_pre_segmentation", False)),
-                                             uncertainty=s.get("uncertainty", "variance"))
+            self.sampling = SamplingSettings.from_stored(pdddpm_settings["sampling"])
         self.check_settings(self.sampling)
 
     def check_settings(self, settings: SamplingSettings) -> None:

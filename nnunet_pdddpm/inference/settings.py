@@ -108,6 +108,19 @@ class SamplingSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def stored(self) -> dict:
+        """The fields a denoiser checkpoint keeps as its defaults (``checkpoint["pdddpm"]["sampling"]``)."""
+        return {k: getattr(self, k) for k in STORED_FIELDS}
+
+    @classmethod
+    def from_stored(cls, stored: dict) -> SamplingSettings:
+        """The defaults a checkpoint stored; fields it predates take the paper's values."""
+        return cls(**{k: stored[k] for k in STORED_FIELDS if k in stored})
+
+
+#: what a checkpoint stores of its trainer's sampling (the rest is chosen per prediction run)
+STORED_FIELDS = ("t_prime", "ensemble_size", "sampler", "steps", "soft_pre_segmentation", "uncertainty")
+
 
 @dataclass(frozen=True)
 class PerformanceSettings:

@@ -48,7 +48,7 @@ from nnunet_pdddpm.diffusion import (
 )
 from nnunet_pdddpm.discovery import DEFAULT_PRE_SEGMENTER_TRAINER
 from nnunet_pdddpm.errors import PDDDPMUserError, install_excepthook, is_nnunet_command
-from nnunet_pdddpm.inference.settings import UNCERTAINTY_KINDS
+from nnunet_pdddpm.inference.settings import UNCERTAINTY_KINDS, SamplingSettings
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs, denoiser_kwargs_from_plans
 from nnunet_pdddpm.precision import autocast
 from nnunet_pdddpm.trainers.ema import EMA
@@ -445,6 +445,13 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp[1:].detach().cpu().numpy(),
                 "fp_hard": fp[1:].detach().cpu().numpy(), "fn_hard": fn[1:].detach().cpu().numpy()}
 
+    def sampling_defaults(self) -> SamplingSettings:
+        """The sampling class attributes as one value: the final validation's settings and, stored in the
+        checkpoint, ``nnunet_pdddpm_predict``'s defaults."""
+        return SamplingSettings(t_prime=self.t_prime, ensemble_size=self.ensemble_size, sampler=self.sampler,
+                                steps=self.steps, soft_pre_segmentation=self.soft_pre_segmentation,
+                                uncertainty=self.uncertainty)
+
     # ---------------------------------------------------------------- checkpoints
     def pdddpm_settings(self) -> dict:
         """Everything inference needs besides the plans and dataset.json (stored as checkpoint['pdddpm'])."""
@@ -454,9 +461,7 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
                                                     self.label_manager.num_segmentation_heads),
             "labels": self.labels,
             "num_image_channels": self.num_input_channels,
-            "sampling": {"t_prime": self.t_prime, "ensemble_size": self.ensemble_size, "sampler": self.sampler,
-                         "steps": self.steps, "soft_pre_segmentation": self.soft_pre_segmentation,
-                         "uncertainty": self.uncertainty},
+            "sampling": self.sampling_defaults().stored(),
             "training": {"timestep_range": self.max_training_timestep,
                          "pre_segmentation_errors": self.pre_segmentation_errors,
                          "pre_segmentation_source": self.pre_segmentation_source,

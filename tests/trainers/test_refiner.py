@@ -318,3 +318,18 @@ def test_a_trainer_made_in_python_leaves_the_excepthook_alone(nnunet_root, monke
     before = sys.excepthook
     _construct(nnunet_root, _tiny(), monkeypatch)
     assert sys.excepthook is before and not getattr(sys.excepthook, "_pdddpm", False)
+
+
+def test_sampling_attributes_travel_as_one_value_to_the_checkpoint_and_back(nnunet_root, monkeypatch) -> None:
+    from nnunet_pdddpm import PDDDPMTrainer_tiny_refiner
+    from nnunet_pdddpm.inference.settings import SamplingSettings
+
+    trainer = _construct(nnunet_root, PDDDPMTrainer_tiny_refiner, monkeypatch)
+    defaults = trainer.sampling_defaults()
+    assert (defaults.t_prime, defaults.ensemble_size, defaults.sampler, defaults.steps) == (
+        trainer.t_prime, trainer.ensemble_size, trainer.sampler, trainer.steps)
+    assert defaults.soft_pre_segmentation is True and defaults.uncertainty == "entropy"
+    assert SamplingSettings.from_stored(defaults.stored()) == defaults
+    # a checkpoint that stores no start encoding and no map reads as the paper's recipe
+    older = SamplingSettings.from_stored({"t_prime": 300, "ensemble_size": 5, "sampler": "ddpm", "steps": None})
+    assert older.soft_pre_segmentation is False and older.uncertainty == "variance"
