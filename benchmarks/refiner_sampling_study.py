@@ -7,6 +7,10 @@ step (the best the sampler can do; 300 network evaluations per sample), and DDIM
 probabilities are kept). Each against nnU-Net and against the default, paired over cases.
 
     python -m benchmarks.refiner_sampling_study -o WORK [--seeds 0] [--device cuda] [--settings ddim10 fused ...]
+    python -m benchmarks.refiner_sampling_study -o WORK --demo pdddpm_demo pdddpm_demo_seed1 pdddpm_demo_seed2
+
+``--demo`` studies the CPU demo's models instead (``nnunet_pdddpm_demo`` output folders, one per seed, in the
+order of ``--seeds``; default seeds 0 1 2 ...) at the T' their validation sweep chose (300 in the runs measured).
 
 Samples found in ``WORK/sampling`` are reused. Output: a table and ``WORK/refiner_sampling.json``.
 """
@@ -24,7 +28,7 @@ from benchmarks.benchmark_refiner import FULL, NNUNET, QUICK, Setup, _runner, na
 from nnunet_pdddpm.evaluation.paired import paired_difference
 from nnunet_pdddpm.io_utils import write_json_atomic
 
-T_PRIME = {"full": 300, "quick": 10}  # quick: the tiny refiner is trained on t < 20
+T_PRIME = {"full": 300, "quick": 10, "demo": 300}  # quick: the tiny refiner is trained on t < 20
 SETTINGS = {  # name: (label, SamplingSettings changes)
     "ddim5": ("DDIM 5 steps (default)", {"sampler": "ddim", "steps": 5}),
     "ddim10": ("DDIM 10 steps", {"sampler": "ddim", "steps": 10}),
@@ -33,6 +37,7 @@ SETTINGS = {  # name: (label, SamplingSettings changes)
     "gated": ("DDIM 5, confidence gate 0.9", {"sampler": "ddim", "steps": 5, "confidence_gate": 0.9}),
 }
 DEFAULT = "ddim5"
+DEMO = Setup(None, 986, "PDDDPMDemoCPU", "nnUNetTrainer_demoCPU", "PDDDPMTrainer_demoCPU_refiner", "", (), 5, 5)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds whose models are used (default: 0)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--quick", action="store_true", help="a --quick work folder (tiny models; for tests)")
+    p.add_argument("--demo", nargs="+", metavar="DEMO_FOLDER",
+                   help="study the CPU demo's models: its output folders, one per seed (the seeds default to 0 1 ...)")
     p.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=tuple(SETTINGS),
                    help="settings to run (default: all; ddpm costs 300 network evaluations per sample, hours on a "
                         "CPU); the default, ddim5, is always run")
@@ -112,10 +119,33 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(text)
 
 
+def link_demo_folders(work: Path, demos: list[Path], seeds: list[int]) -> None:
+    """Lay the demo outputs out as a benchmark work folder: ``results_seedN`` and ``nnUNet_raw`` as links (the
+    demo's data are the same for every seed; its trained models differ)."""
+    if len(demos) != len(seeds):
+        raise SystemExit(f"--demo names {len(demos)} folders but --seeds {len(seeds)} seeds; give one folder per seed.")
+    for demo in demos:
+        if not (demo / "nnUNet_results").is_dir():
+            raise SystemExit(f"{demo} is not an nnunet_pdddpm_demo output folder (no nnUNet_results); run the demo.")
+    work.mkdir(parents=True, exist_ok=True)
+    links = {work / "nnUNet_raw": demos[0] / "nnUNet_raw",
+             **{work / f"results_seed{s}": d / "nnUNet_results" for s, d in zip(seeds, demos)}}
+    for link, target in links.items():
+        if link.is_symlink() and link.resolve() != target:
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     work = Path(args.output).resolve()
     setup, t_prime = (QUICK, T_PRIME["quick"]) if args.quick else (FULL, T_PRIME["full"])
+    if args.demo:
+        setup, t_prime = DEMO, T_PRIME["demo"]
+        if "--seeds" not in (argv if argv is not None else sys.argv):
+            args.seeds = list(range(len(args.demo)))
+        link_demo_folders(work, [Path(d).resolve() for d in args.demo], args.seeds)
     dataset = work / "nnUNet_raw" / f"Dataset{setup.dataset_id:03d}_{setup.dataset_name}"
     start = time.perf_counter()
     keys = tuple(k for k in SETTINGS if k == DEFAULT or k in args.settings)

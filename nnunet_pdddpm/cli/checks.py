@@ -74,9 +74,3 @@ def check_inputs_against_model(images: str, dataset: str, trainer: str, plans: s
                 raise PDDDPMUserError(f"-preseg_probabilities folder {pre_segmentation_folder} does not exist.")
             check_pre_segmentation_files(pre_segmentation_folder, cases, spec[0])
 
-
-def check_steps_within_t_prime(steps: int | None, t_prime: int, t_prime_source: str, flag: str = "-steps") -> None:
-    """``-steps`` network evaluations cannot exceed the T' steps of the reverse process (T' = 0 takes none)."""
-    if steps is not None and t_prime > 0 and steps > t_prime:
-        raise PDDDPMUserError(f"{flag} {steps} exceeds T'={t_prime} ({t_prime_source}): a reverse process from T' "
-                              f"has only T' steps; use {flag} {t_prime} or fewer.")

@@ -13,12 +13,11 @@ from nnunet_pdddpm.cli import options
 from nnunet_pdddpm.cli.checks import (
     check_inputs_against_model,
     check_output_folder,
-    check_steps_within_t_prime,
     dataset_name,
 )
 from nnunet_pdddpm.diffusion import SAMPLERS
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
-from nnunet_pdddpm.inference.settings import FUSION_FIELDS
+from nnunet_pdddpm.inference.settings import FUSION_FIELDS, check_steps_within_t_prime
 
 HELP = {
     "table1": "Pre-segmenter alone vs vanilla DDPM vs PD-DDPM: Dice, HD95, Jaccard, lesion F1, NFE and seconds "

@@ -13,10 +13,10 @@ from nnunet_pdddpm.cli import options
 from nnunet_pdddpm.cli.checks import (
     check_inputs_against_model,
     check_output_folder,
-    check_steps_within_t_prime,
     dataset_name,
 )
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
+from nnunet_pdddpm.inference.settings import check_steps_within_t_prime
 from nnunet_pdddpm.io_utils import LOCK_FILE, output_folder_lock
 
 

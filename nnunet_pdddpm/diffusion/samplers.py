@@ -33,11 +33,14 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def sampling_timesteps(t_prime: int, steps: int | None = None) -> list[int]:
     """Descending timestep indices at which the network is evaluated; ``len`` is the NFE.
 
-    ``steps=None`` (or ``steps >= t_prime``) gives every index ``t_prime - 1, ..., 0``.
+    ``steps=None`` (or ``steps == t_prime``) gives every index ``t_prime - 1, ..., 0``; more steps than T' is
+    an error, not a silent "every step" (``SamplingSettings.resolve`` says it in one sentence first).
     """
     if t_prime < 1:
         return []
-    if steps is None or steps >= t_prime:
+    if steps is not None and steps > t_prime:
+        raise ValueError(f"{steps} sampling steps exceed T'={t_prime}: a reverse process from T' has only T' steps")
+    if steps is None or steps == t_prime:
         return list(range(t_prime - 1, -1, -1))
     if steps < 1:
         raise ValueError("steps must be at least 1")

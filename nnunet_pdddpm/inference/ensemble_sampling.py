@@ -28,10 +28,9 @@ from nnunet_pdddpm.diffusion import DiffusionConfig, decode_to_probabilities, di
 from nnunet_pdddpm.diffusion.fast_ddpm import per_sample_noise
 from nnunet_pdddpm.diffusion.samplers import reverse_process, reverse_process_reference, sampling_timesteps
 from nnunet_pdddpm.diffusion.schedule import make_ddpm_scheduler
-from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.batching import Batch, batch_size_for_budget, estimate_sample_bytes, plan_windows
 from nnunet_pdddpm.inference.compiled import SamplingDenoiser
-from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
+from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings, check_ensemble_covers_folds
 from nnunet_pdddpm.inference.uncertainty import MemberSums
 
 
@@ -73,12 +72,9 @@ def members_per_fold(settings: SamplingSettings, num_folds: int) -> tuple[int, .
     round-robin: fold f gets ``N // F`` plus one if ``f < N % F`` (5 samples over 2 folds: 3 + 2; over 5
     folds: one each). With ``ensemble_per_fold`` every fold contributes ``ensemble_size`` (F x N in all).
     """
+    check_ensemble_covers_folds(settings.ensemble_size, num_folds, settings.ensemble_per_fold)
     if settings.ensemble_per_fold:
         return (settings.ensemble_size,) * num_folds
-    if settings.ensemble_size < num_folds:
-        raise PDDDPMUserError(f"-ensemble_size {settings.ensemble_size} is the total number of samples per case, "
-                              f"fewer than the {num_folds} folds (-f), so some folds would not contribute; use "
-                              f"-ensemble_size {num_folds} or more, fewer folds, or --ensemble_per_fold.")
     share, rest = divmod(settings.ensemble_size, num_folds)
     return tuple(share + (f < rest) for f in range(num_folds))
 

@@ -39,7 +39,6 @@ from nnunet_pdddpm.image_integrity import image_file_problem, read_image_header
 from nnunet_pdddpm.inference.compiled import DenoiserCache
 from nnunet_pdddpm.inference.ensemble_sampling import (
     CaseResult,
-    members_per_fold,
     number_of_evaluations,
     sample_case,
 )
@@ -58,7 +57,7 @@ from nnunet_pdddpm.inference.pre_segmentation import (
     check_compatible,
 )
 from nnunet_pdddpm.inference.scores_file import record_case_scores
-from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
+from nnunet_pdddpm.inference.settings import DenoiserLimits, PerformanceSettings, SamplingSettings
 from nnunet_pdddpm.inference.t_prime_sweep import read_auto_t_prime
 from nnunet_pdddpm.inference.uncertainty import case_scores
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs
@@ -173,7 +172,7 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         auto = read_auto_t_prime(folder, folds) if from_checkpoint else None
         if auto is not None:
             t_prime, where = auto
-            self.sampling = replace(self.sampling, t_prime=t_prime)
+            self.sampling = self.sampling.at_t_prime(t_prime)
             self.t_prime_source = f"the validation sweep ({where})"
             self.check_settings(self.sampling)
 
@@ -197,26 +196,17 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
             self.sampling = SamplingSettings.from_stored(pdddpm_settings["sampling"])
         self.check_settings(self.sampling)
 
-    def check_settings(self, settings: SamplingSettings) -> None:
-        """Raise :class:`PDDDPMUserError` (one sentence) for settings invalid for this denoiser, before any work.
+    @property
+    def limits(self) -> DenoiserLimits:
+        """What this denoiser allows (T, trained timesteps, folds, classes): what settings are resolved against."""
+        return DenoiserLimits(self.diffusion_config.num_train_timesteps, self.trained_timesteps, len(self.networks),
+                              self.label_manager.num_segmentation_heads, self.trainer_name)
 
-        Besides ``settings.validate``: a denoiser trained on timesteps below ``timestep_range`` is never run above
-        it (T' > range, or vanilla sampling from T), where it never learned anything.
-        """
-        settings.validate(self.diffusion_config.num_train_timesteps)
-        members_per_fold(settings, len(self.networks))
-        t_prime = settings.effective_t_prime(self.diffusion_config.num_train_timesteps)
-        if t_prime > self.trained_timesteps:
-            asked = "--vanilla (sampling from T)" if settings.vanilla else f"-t_prime {settings.t_prime}"
-            raise PDDDPMUserError(
-                f"This denoiser ({self.trainer_name}) was trained on timesteps below {self.trained_timesteps} "
-                f"(its timestep_range), so {asked} would run it where it never learned; use -t_prime "
-                f"{self.trained_timesteps} or less, or a denoiser trained on all timesteps.")
-        num_classes = self.label_manager.num_segmentation_heads
-        if settings.confidence_gate is not None and settings.confidence_gate <= 1 / num_classes:
-            raise PDDDPMUserError(f"-confidence_gate must be above 1/K = {1 / num_classes:.3g} for these K = "
-                                  f"{num_classes} classes (the largest class probability is never below it), got "
-                                  f"{settings.confidence_gate}.")
+    def check_settings(self, settings: SamplingSettings) -> None:
+        """Raise :class:`PDDDPMUserError` (one sentence) for settings invalid for this denoiser, before any work
+        (:meth:`SamplingSettings.resolve`, where T' came from as the T' source)."""
+        own = self.sampling is not None and settings.t_prime == self.sampling.t_prime
+        settings.resolve(self.limits, self.t_prime_source if own else "-t_prime")
 
     def configure(self, sampling: SamplingSettings | None = None,
                   pre_segmentation: PreSegmentation | None = None) -> None:

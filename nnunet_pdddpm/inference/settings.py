@@ -24,6 +24,33 @@ def check_at_least(flag: str, value: int | float | None, low: int | float) -> No
         raise PDDDPMUserError(f"{flag} must be at least {low}, got {value}.")
 
 
+def check_steps_within_t_prime(steps: int | None, t_prime: int, t_prime_source: str, flag: str = "-steps") -> None:
+    """``-steps`` network evaluations cannot exceed the T' steps of the reverse process (T' = 0 takes none)."""
+    if steps is not None and t_prime > 0 and steps > t_prime:
+        raise PDDDPMUserError(f"{flag} {steps} exceeds T'={t_prime} ({t_prime_source}): a reverse process from T' "
+                              f"has only T' steps; use {flag} {t_prime} or fewer.")
+
+
+def check_ensemble_covers_folds(ensemble_size: int, num_folds: int, per_fold: bool) -> None:
+    """``-ensemble_size`` is the total per case: every fold must draw at least one sample."""
+    if not per_fold and ensemble_size < num_folds:
+        raise PDDDPMUserError(f"-ensemble_size {ensemble_size} is the total number of samples per case, "
+                              f"fewer than the {num_folds} folds (-f), so some folds would not contribute; use "
+                              f"-ensemble_size {num_folds} or more, fewer folds, or --ensemble_per_fold.")
+
+
+@dataclass(frozen=True)
+class DenoiserLimits:
+    """What a loaded denoiser allows: its T, the timesteps it was trained on (``timestep_range``; T when all),
+    its folds and classes. :meth:`SamplingSettings.resolve` checks settings against them."""
+
+    num_train_timesteps: int
+    trained_timesteps: int
+    num_folds: int
+    num_classes: int
+    trainer_name: str = "this denoiser"
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """How a case is sampled (the method).
@@ -97,6 +124,12 @@ class SamplingSettings:
             changes["steps"] = None
         return replace(self, **changes)
 
+    def at_t_prime(self, t_prime: int) -> SamplingSettings:
+        """These settings at another T' with at most every step: a T' chosen by a sweep may be below ``steps``
+        (the sweep samples its candidates the same way)."""
+        steps = None if self.steps is None or self.steps >= t_prime else self.steps
+        return replace(self, t_prime=int(t_prime), steps=steps)
+
     def effective_t_prime(self, num_train_timesteps: int) -> int:
         return num_train_timesteps if self.vanilla else self.t_prime
 
@@ -104,6 +137,35 @@ class SamplingSettings:
         """Raise :class:`PDDDPMUserError` with one sentence if T' exceeds the denoiser's T."""
         if self.t_prime > num_train_timesteps:
             raise PDDDPMUserError(f"-t_prime must be between 0 and T={num_train_timesteps}, got {self.t_prime}.")
+
+    def resolve(self, limits: DenoiserLimits, t_prime_source: str = "-t_prime") -> SamplingSettings:
+        """These settings, checked against a loaded denoiser: the one place where T' (against T and the trained
+        timesteps), steps (against T'), the ensemble (against the folds) and the confidence gate (against the
+        classes) are checked, each failure one :class:`PDDDPMUserError` sentence. ``t_prime_source`` says where
+        T' came from (the flag, or the validation sweep's file) for the steps message.
+
+        A denoiser trained on timesteps below ``trained_timesteps`` is never run above them (T' beyond, or
+        vanilla sampling from T), where it never learned anything.
+        """
+        T = limits.num_train_timesteps
+        self.validate(T)
+        t_prime = self.effective_t_prime(T)
+        if self.vanilla:
+            check_steps_within_t_prime(self.steps, T, "T, for vanilla DDPM")
+        else:
+            check_steps_within_t_prime(self.steps, t_prime, t_prime_source)
+        check_ensemble_covers_folds(self.ensemble_size, limits.num_folds, self.ensemble_per_fold)
+        if t_prime > limits.trained_timesteps:
+            asked = "--vanilla (sampling from T)" if self.vanilla else f"-t_prime {self.t_prime}"
+            raise PDDDPMUserError(
+                f"This denoiser ({limits.trainer_name}) was trained on timesteps below {limits.trained_timesteps} "
+                f"(its timestep_range), so {asked} would run it where it never learned; use -t_prime "
+                f"{limits.trained_timesteps} or less, or a denoiser trained on all timesteps.")
+        K = limits.num_classes
+        if self.confidence_gate is not None and self.confidence_gate <= 1 / K:
+            raise PDDDPMUserError(f"-confidence_gate must be above 1/K = {1 / K:.3g} for these K = {K} classes (the "
+                                  f"largest class probability is never below it), got {self.confidence_gate}.")
+        return self
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -57,7 +57,7 @@ def sweep_t_prime(predictor, cases: Iterable[tuple[str, torch.Tensor, dict, torc
     cached = CachedPreSegmentation(pre_segmentation)  # every case is sampled once per T'
     dice = []
     for t_prime in candidates:
-        sampling = replace(base, t_prime=int(t_prime), vanilla=False, uncertainty="none", uncertainty_per_class=False)
+        sampling = replace(base.at_t_prime(t_prime), vanilla=False, uncertainty="none", uncertainty_per_class=False)
         scores = [foreground_dice(predictor.predict_case(data, props, key, sampling, cached).probabilities, seg)
                   for key, data, props, seg in cases]
         dice.append(float(np.mean(scores)))

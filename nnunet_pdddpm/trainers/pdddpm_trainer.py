@@ -173,6 +173,9 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
             problems.append(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             problems.append(f"steps must be None (every step) or an integer of at least 1, got {self.steps!r}")
+        elif self.steps is not None and isinstance(self.t_prime, int) and 0 < self.t_prime < self.steps:
+            problems.append(f"steps must be at most t_prime ({self.t_prime}): a reverse process from T' has only "
+                            f"T' steps, got {self.steps!r}")
         if self.uncertainty not in UNCERTAINTY_KINDS:
             problems.append(f"uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, got {self.uncertainty!r}")
         if any(not isinstance(t, int) or not 0 < t <= T for t in self.t_prime_sweep):

@@ -102,7 +102,7 @@ def run_final_validation(trainer, save_probabilities: bool = False) -> None:
         predictor.check_pre_segmentation(pre_segmentation)
         if trainer.t_prime_sweep and not trainer.is_ddp:
             t_prime = run_t_prime_sweep(trainer, predictor, dataset_val, settings, pre_segmentation)
-            settings = replace(settings, t_prime=t_prime)
+            settings = settings.at_t_prime(t_prime)
         how = f"PD-DDPM from pre-segmenter {pre_folder} (T'={settings.t_prime})"
     else:
         how = "vanilla DDPM from noise at T (no pre-segmenter found: fallback)"

@@ -68,6 +68,7 @@ def _construct(root: Path, cls, monkeypatch):
     ("ensemble_size", 0, r"Bad\.ensemble_size must be an integer of at least 1, got 0"),
     ("sampler", "euler", r"Bad\.sampler must be one of ddpm, ddim, dpm\+\+, got 'euler'"),
     ("steps", 0, r"Bad\.steps must be None \(every step\) or an integer of at least 1, got 0"),
+    ("steps", 21, r"Bad\.steps must be at most t_prime \(20\): a reverse process from T' has only T' steps, got 21"),
     ("t_prime_sweep", (0, 10), r"Bad\.t_prime_sweep must hold integers in \(0, 1000\]"),
     ("uncertainty", "std", r"Bad\.uncertainty must be one of variance, entropy, .*got 'std'"),
     ("warm_start", "pre_segmenter", r"Bad\.warm_start needs diffusion_config = DiffusionConfig"),
@@ -269,15 +270,15 @@ def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(qui
     images = sorted((quick / "nnUNet_raw" / QUICK_DATASET / "imagesTs").glob("*_0000.nii.gz"))[:1]
     one_case = tmp_path / "in"
     one_case.mkdir()
-    for image in images:
-        (one_case / image.name).write_bytes(image.read_bytes())
     case = images[0].name[:-len("_0000.nii.gz")]
+    for image in (quick / "nnUNet_raw" / QUICK_DATASET / "imagesTs").glob(f"{case}_*.nii.gz"):
+        (one_case / image.name).write_bytes(image.read_bytes())
 
     def predict(name: str, *flags: str) -> tuple[np.ndarray, np.ndarray, dict]:
         out = tmp_path / name
         run_cli(["nnunet_pdddpm_predict", "-i", str(one_case), "-o", str(out), "-d", QUICK_DATASET, "-c", "2d",
                  "-f", "0", "-tr", "PDDDPMTrainer_tiny_refiner", "-preseg_tr", "nnUNetTrainer_tiny", "-device", "cpu",
-                 "-t_prime", "50", "-ensemble_size", "2", "-npp", "1", "-nps", "1", "--disable_progress_bar",
+                 "-t_prime", "10", "-ensemble_size", "2", "-npp", "1", "-nps", "1", "--disable_progress_bar",
                  *flags], env)
         unc = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty" / f"{case}_uncertainty.nii.gz")))
         probabilities = np.load(out / f"{case}.npz")["probabilities"]
