@@ -26,10 +26,10 @@ def __getattr__(name: str):
 
     trainers = importlib.import_module("nnunet_pdddpm.trainers")
 
-    if name in trainers.__all__:
+    if name in trainers.TRAINER_NAMES:
         return getattr(trainers, name)
     raise AttributeError(f"module 'nnunet_pdddpm' has no attribute {name!r}")
 
 
-# the main classes; every name in nnunet_pdddpm.trainers.__all__ (short variants too) resolves lazily
+# the main classes; every name in nnunet_pdddpm.trainers.TRAINER_NAMES (short variants too) resolves lazily
 __all__ = ["PDDDPMAttUNetTrainer", "PDDDPMTrainer", "PDDDPMTrainer_paper"]  # noqa: F822  (resolved by __getattr__)

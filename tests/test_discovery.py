@@ -12,7 +12,7 @@ from nnunet_pdddpm import trainers
 from nnunet_pdddpm.discovery import ENV_VAR, ensure_trainer_discovery, trainer_folder
 
 
-@pytest.mark.parametrize("name", trainers.__all__)
+@pytest.mark.parametrize("name", trainers.TRAINER_NAMES)
 def test_nnunet_lookup_returns_the_package_class(name, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     ensure_trainer_discovery()
@@ -27,11 +27,11 @@ def test_lookup_fails_without_the_environment_variable(monkeypatch):
 
 
 def test_nnunet_folder_search_finds_every_trainer_in_the_shim():
-    """The search nnUNet_extTrainer triggers, on our folder alone: the shim exports every name of ``__all__``
+    """The search nnUNet_extTrainer triggers, on our folder alone: the shim exports every name of ``TRAINER_NAMES``
     (it copies them at import; nothing lists them a second time) and the folder holds nothing else."""
     folder = trainer_folder()
     assert sorted(p.name for p in Path(folder).glob("*.py")) == ["__init__.py", "nnunet_pdddpm_trainers.py"]
-    for name in trainers.__all__:
+    for name in trainers.TRAINER_NAMES:
         found = recursive_find_python_class(folder, name, None, base_folder=folder,
                                             cleanup_imports_from_base_folder=True)
         assert found is getattr(trainers, name), name

@@ -1,82 +1,20 @@
-"""nnU-Net trainers of PD-DDPM: the denoiser, the attention U-Net pre-segmenter, and short variants."""
+"""nnU-Net trainers of PD-DDPM: the denoiser (``PDDDPMTrainer``, the refiner; ``PDDDPMTrainer_paper``, the paper's
+recipe), the attention U-Net pre-segmenter, and the short variants of ``variants/``.
+
+``__all__`` is the public API; ``TRAINER_NAMES`` is every class nnU-Net can find by name (``-tr``), the variants
+for tests, demos and benchmarks included (``nnunet_ext/`` exports exactly these).
+"""
+from nnunet_pdddpm.trainers import variants
 from nnunet_pdddpm.trainers.attunet_trainer import PDDDPMAttUNetTrainer
 from nnunet_pdddpm.trainers.pdddpm_trainer import PDDDPMTrainer_paper
 from nnunet_pdddpm.trainers.refiner import PDDDPMTrainer
-from nnunet_pdddpm.trainers.variants import (
-    PDDDPMAttUNetTrainer_demoCPU,
-    PDDDPMAttUNetTrainer_demoGPU,
-    PDDDPMAttUNetTrainer_tiny,
-    PDDDPMTrainer_4draws,
-    PDDDPMTrainer_attn16,
-    PDDDPMTrainer_aware,
-    PDDDPMTrainer_demoCPU,
-    PDDDPMTrainer_demoCPU_aware,
-    PDDDPMTrainer_demoCPU_oof,
-    PDDDPMTrainer_demoCPU_preseg,
-    PDDDPMTrainer_demoCPU_refiner,
-    PDDDPMTrainer_demoCPU_seg,
-    PDDDPMTrainer_demoCPU_segaware,
-    PDDDPMTrainer_demoCPU_x0,
-    PDDDPMTrainer_demoGPU,
-    PDDDPMTrainer_oof,
-    PDDDPMTrainer_preseg,
-    PDDDPMTrainer_refiner,
-    PDDDPMTrainer_refinerCPU,
-    PDDDPMTrainer_refinerCPU_paper,
-    PDDDPMTrainer_seg,
-    PDDDPMTrainer_tiny,
-    PDDDPMTrainer_tiny_preseg,
-    PDDDPMTrainer_tiny_refiner,
-    PDDDPMTrainer_tiny_refinerDemo,
-    PDDDPMTrainer_tmax,
-    PDDDPMTrainer_v,
-    PDDDPMTrainer_w128,
-    PDDDPMTrainer_x0,
-    nnUNetTrainer_demoCPU,
-    nnUNetTrainer_demoCPU_long,
-    nnUNetTrainer_refinerCPU,
-    nnUNetTrainer_refinerCPU_more,
-    nnUNetTrainer_tiny,
-    nnUNetTrainer_tiny_more,
-)
 
-__all__ = [
-    "PDDDPMAttUNetTrainer",
-    "PDDDPMAttUNetTrainer_demoCPU",
-    "PDDDPMAttUNetTrainer_demoGPU",
-    "PDDDPMAttUNetTrainer_tiny",
-    "PDDDPMTrainer",
-    "PDDDPMTrainer_paper",
-    "PDDDPMTrainer_4draws",
-    "PDDDPMTrainer_aware",
-    "PDDDPMTrainer_demoCPU",
-    "PDDDPMTrainer_demoCPU_aware",
-    "PDDDPMTrainer_demoCPU_oof",
-    "PDDDPMTrainer_demoCPU_preseg",
-    "PDDDPMTrainer_demoCPU_refiner",
-    "PDDDPMTrainer_demoCPU_seg",
-    "PDDDPMTrainer_demoCPU_segaware",
-    "PDDDPMTrainer_demoCPU_x0",
-    "PDDDPMTrainer_demoGPU",
-    "PDDDPMTrainer_oof",
-    "PDDDPMTrainer_preseg",
-    "PDDDPMTrainer_refiner",
-    "PDDDPMTrainer_refinerCPU",
-    "PDDDPMTrainer_refinerCPU_paper",
-    "PDDDPMTrainer_seg",
-    "PDDDPMTrainer_tiny",
-    "PDDDPMTrainer_tiny_preseg",
-    "PDDDPMTrainer_tiny_refiner",
-    "PDDDPMTrainer_tiny_refinerDemo",
-    "PDDDPMTrainer_tmax",
-    "PDDDPMTrainer_v",
-    "PDDDPMTrainer_w128",
-    "PDDDPMTrainer_attn16",
-    "PDDDPMTrainer_x0",
-    "nnUNetTrainer_demoCPU",
-    "nnUNetTrainer_demoCPU_long",
-    "nnUNetTrainer_refinerCPU",
-    "nnUNetTrainer_refinerCPU_more",
-    "nnUNetTrainer_tiny",
-    "nnUNetTrainer_tiny_more",
-]
+__all__ = ["PDDDPMAttUNetTrainer", "PDDDPMTrainer", "PDDDPMTrainer_paper"]
+TRAINER_NAMES: tuple[str, ...] = (*__all__, *variants.__all__)
+
+
+def __getattr__(name: str):
+    """The variants by name (``nnunet_pdddpm.trainers.PDDDPMTrainer_tiny``), without making them public API."""
+    if name in variants.__all__:
+        return getattr(variants, name)
+    raise AttributeError(f"module 'nnunet_pdddpm.trainers' has no attribute {name!r}")

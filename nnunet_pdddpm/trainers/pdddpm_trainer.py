@@ -13,7 +13,7 @@ The training step never waits for the device: a non-finite step is skipped by a 
 each augmented image at several (t, noise) draws, for GPUs that nnU-Net's CPU augmentation cannot feed.
 
 Every setting that inference or validation needs is a class attribute, so a short subclass
-changes a run (see ``variants.py``), and everything is stored in the checkpoint under
+changes a run (see ``variants/``), and everything is stored in the checkpoint under
 ``"pdddpm"`` so that inference never instantiates the trainer.
 """
 from __future__ import annotations

@@ -219,7 +219,7 @@ def test_default_trainer_is_the_refiner_and_the_papers_recipe_keeps_its_name() -
     assert paper.warm_start is None and paper.diffusion_config == DiffusionConfig()
     assert (paper.t_prime, paper.ensemble_size, paper.sampler, paper.steps) == (300, 5, "ddpm", None)
     # the demo's and the paper's variants keep the paper's recipe; only the refiner variants warm-start
-    for name in trainers.__all__:
+    for name in trainers.TRAINER_NAMES:
         cls = getattr(trainers, name)
         if issubclass(cls, paper):
             refiner = name == "PDDDPMTrainer" or ("refiner" in name and not name.endswith("_paper"))
