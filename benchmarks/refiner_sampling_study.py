@@ -3,8 +3,10 @@
 On a work folder of ``benchmark_refiner`` (its trained models of ``--seeds``), at T' = 300 (``--quick``: 10) with an
 ensemble of 5 and the entropy map, per seed: DDIM 5 steps (the default), DDIM 10 steps, ancestral DDPM with every
 step (the best the sampler can do; 300 network evaluations per sample), and DDIM 5 steps fused with nnU-Net's softmax
-(``-preseg_weight 0.5``) or gated by the ensemble's confidence (``-confidence_gate 0.9``: below it nnU-Net's
-probabilities are kept). Each against nnU-Net and against the default, paired over cases.
+(``-preseg_weight`` 0.25 or 0.5) or gated by the ensemble's confidence (``-confidence_gate 0.9``: below it nnU-Net's
+probabilities are kept). Each against nnU-Net and against the default, paired over cases. Two error-AUROCs per
+setting: of the ensemble's entropy map (what predict writes) and of the entropy of the delivered probabilities
+(after fusion or gating; for nnU-Net both are its softmax entropy).
 
     python -m benchmarks.refiner_sampling_study -o WORK [--seeds 0] [--device cuda] [--settings ddim10 fused ...]
     python -m benchmarks.refiner_sampling_study -o WORK --demo pdddpm_demo pdddpm_demo_seed1 pdddpm_demo_seed2
@@ -26,6 +28,7 @@ from pathlib import Path
 from benchmarks.benchmark_fidelity import model_folder
 from benchmarks.benchmark_refiner import FULL, NNUNET, QUICK, Setup, _runner, nanmean, per_case, segmenter_row
 from nnunet_pdddpm.evaluation.paired import paired_difference
+from nnunet_pdddpm.inference.uncertainty import predictive_entropy
 from nnunet_pdddpm.io_utils import write_json_atomic
 
 T_PRIME = {"full": 300, "quick": 10, "demo": 300}  # quick: the tiny refiner is trained on t < 20
@@ -33,6 +36,8 @@ SETTINGS = {  # name: (label, SamplingSettings changes)
     "ddim5": ("DDIM 5 steps (default)", {"sampler": "ddim", "steps": 5}),
     "ddim10": ("DDIM 10 steps", {"sampler": "ddim", "steps": 10}),
     "ddpm": ("DDPM, every step (best)", {"sampler": "ddpm", "steps": None}),
+    "fused25": ("DDIM 5, fused with nnU-Net (w 0.25)", {"sampler": "ddim", "steps": 5,
+                                                         "pre_segmentation_weight": 0.25}),
     "fused": ("DDIM 5, fused with nnU-Net (w 0.5)", {"sampler": "ddim", "steps": 5, "pre_segmentation_weight": 0.5}),
     "gated": ("DDIM 5, confidence gate 0.9", {"sampler": "ddim", "steps": 5, "confidence_gate": 0.9}),
 }
@@ -70,22 +75,29 @@ def study_seed(work: Path, seed: int, dataset: Path, device: str, setup: Setup, 
 
     base = segmenter_row(runner, "nnunet", NNUNET, probs)
     out = {"nnunet": {c: {"dice": v["dice"], "lesion_f1": v["lesion_f1"], "entropy_auroc": v["maps"]["entropy"],
-                          "nfe": base["nfe"]} for c, v in base["cases"].items()}}
+                          "final_entropy_auroc": v["maps"]["entropy"], "nfe": base["nfe"]}
+                      for c, v in base["cases"].items()}}
     for key in keys:
         label, changes = SETTINGS[key]
         settings = runner.settings(t_prime=t_prime, ensemble_size=setup.ensemble_size, uncertainty="entropy",
                                    **changes)
         name = f"study_t{t_prime}_{key}"
-        if not (runner.output / "evaluation" / f"{name}.json").is_file():
+        final = f"{name}_final_entropy"  # the same probabilities, mapped by the entropy of what is delivered
+        if not all((runner.output / "evaluation" / f"{n}.json").is_file() for n in (name, final)):
             start = time.perf_counter()
             for case in runner.cases:
                 result, nfe, seconds = runner.sample(case, settings, pre)
                 runner.export(name, case, result.probabilities, result.uncertainty, nfe, seconds)
+                runner.export(final, case, result.probabilities, predictive_entropy(result.probabilities), nfe,
+                              seconds)
             runner.evaluate(name)
+            runner.evaluate(final)
             print(f"  seed {seed}: {label}: {time.perf_counter() - start:.1f} s", flush=True)
         log = json.loads((runner.folder(name) / "pdddpm_cases.json").read_text())
+        finals = per_case(runner, final)
         out[key] = {c: {"dice": v["dice"], "lesion_f1": v["lesion_f1"], "entropy_auroc": v["uncertainty_auroc"],
-                        "nfe": log[c]["nfe"]} for c, v in per_case(runner, name).items()}
+                        "final_entropy_auroc": finals[c]["uncertainty_auroc"], "nfe": log[c]["nfe"]}
+                    for c, v in per_case(runner, name).items()}
     return out
 
 
@@ -94,7 +106,8 @@ def summarise(per_seed: dict[int, dict]) -> list[dict]:
     keys = [k for k in SETTINGS if all(k in v for v in per_seed.values())]
     for key, label in [("nnunet", NNUNET), *((k, SETTINGS[k][0]) for k in keys)]:
         pairs = [(s, c) for s in per_seed for c in per_seed[s][key]]
-        value = {m: [per_seed[s][key][c][m] for s, c in pairs] for m in ("dice", "lesion_f1", "entropy_auroc", "nfe")}
+        value = {m: [per_seed[s][key][c].get(m, float("nan")) for s, c in pairs]
+                 for m in ("dice", "lesion_f1", "entropy_auroc", "final_entropy_auroc", "nfe")}
         row = {"setting": label, "n": len(pairs), **{m: nanmean(v) for m, v in value.items()}}
         for against in ("nnunet", DEFAULT):
             if against != key:
@@ -109,10 +122,10 @@ def format_rows(rows: list[dict]) -> str:
         return "" if key not in r else "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r[key])
 
     head = ["setting", "n", "Dice", "ΔDice vs nnU-Net", "ΔDice vs DDIM 5", "lesion F1", "err-AUROC (entropy)",
-            "NFE/case"]
+            "err-AUROC (H of result)", "NFE/case"]
     lines = [head] + [[r["setting"], str(r["n"]), f"{r['dice']:.4f}", ci(r, "delta_dice_vs_nnunet"),
                        ci(r, f"delta_dice_vs_{DEFAULT}"), f"{r['lesion_f1']:.3f}", f"{r['entropy_auroc']:.3f}",
-                       f"{r['nfe']:.0f}"] for r in rows]
+                       f"{r['final_entropy_auroc']:.3f}", f"{r['nfe']:.0f}"] for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))

@@ -312,6 +312,9 @@ def test_sampling_study_compares_fast_fused_and_gated_sampling(quick) -> None:
     assert ten["nfe"] - pre_nfe == pytest.approx(2 * (default["nfe"] - pre_nfe))
     assert fused["nfe"] == gated["nfe"] == default["nfe"]
     assert "delta_dice_vs_ddim5" not in default and len(fused["delta_dice_vs_ddim5"]) == 3
+    nnunet = rows["nnU-Net"]
+    assert nnunet["final_entropy_auroc"] == nnunet["entropy_auroc"]  # one softmax, one map
+    assert all(0 <= r["final_entropy_auroc"] <= 1 for r in (default, fused, gated))  # scored beside the map
 
 
 def test_a_trainer_made_in_python_leaves_the_excepthook_alone(nnunet_root, monkeypatch) -> None:
