@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "evaluation/, logs/ and report/ (default: ./pdddpm_demo). The demo sets nnU-Net's "
                              "environment variables for its own commands; yours are not used.")
     parser.add_argument("-profile", choices=("cpu", "gpu", "tiny"), default=None,
-                        help="cpu: about a quarter of an hour on two CPU cores (reduced data, short training, "
+                        help="cpu: about 6 minutes on two idle CPU cores (reduced data, short training, "
                              "PDDDPMTrainer's refiner recipe, DDIM with 5 steps). gpu: the paper's recipe (full-size "
                              "data, longer training, T'=300, ensemble 5, DDPM); hours. tiny: for tests only. "
                              "Default: gpu if a CUDA GPU is available, "

@@ -1,6 +1,6 @@
 """What ``nnunet_pdddpm_demo`` runs on each machine: dataset, trainers, and the sampling of both diffusion methods.
 
-``cpu`` fits in about a quarter of an hour on two CPU cores: a reduced dataset (a 60 mm slab at
+``cpu`` takes about 6 minutes on two idle CPU cores: a reduced dataset (a 60 mm slab at
 2.5 mm in-plane, 16 training and 4 test cases), a narrow plain nnU-Net trained for a few minutes and refined by
 ``PDDDPMTrainer``'s recipe, DDIM with a handful of steps. ``gpu`` follows the paper (its recipe and sampling):
 the full-size dataset, T'=300, an ensemble of 5, DDPM with every step, vanilla DDPM with all 1000
