@@ -222,62 +222,20 @@ def evaluate_folders(
     prob_dir = None if prob_dir is None else Path(prob_dir)
     exclude_dir = None if exclude_dir is None else Path(exclude_dir)
     excluded = {v for v in (ignore_label, exclude_label) if v is not None}
-    if labels is not None:
-        labels = sorted({int(v) for v in labels})
-        if not labels or min(labels) < 1 or excluded & set(labels):
-            raise PDDDPMUserError(f"Labels {labels} must be positive foreground labels other than {sorted(excluded)}.")
-
+    labels = _checked_labels(labels, excluded)
     cases, missing = _pair_cases(ref_dir, pred_dir, unc_dir, prob_dir, file_ending, exclude_dir)
     if missing and not allow_missing:
         listed = "; ".join(f"{case} ({', '.join(names)})" for case, names in missing.items())
         raise PDDDPMUserError(f"{len(missing)} case(s) lack files: {listed}; pass --allow_missing to skip them.")
-    geometries: dict[str, Geometry] = {}
-    for files in cases:
-        reference = read_image_header(files.reference)
-        _check_same_grid(files.case, "prediction", reference, read_image_header(files.prediction))
-        if files.uncertainty is not None:
-            _check_same_grid(files.case, "uncertainty map", reference, read_image_header(files.uncertainty))
-        if files.exclusion is not None:
-            _check_same_grid(files.case, "exclusion mask", reference, read_image_header(files.exclusion))
-        geometries[files.case] = Geometry(reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
-    for files in cases:  # one pass over every file's stored voxels before any metric is computed
-        for role, path in (("reference", files.reference), ("prediction", files.prediction),
-                           ("uncertainty map", files.uncertainty), ("exclusion mask", files.exclusion)):
-            if path is not None:
-                _check_voxels(path, files.case, role)
+    geometries = _checked_inputs(cases)
     if labels is None:
         labels = _discover_labels(cases, excluded)
-    allowed = {0, *labels, *excluded}
-
     metric_names = list(SEGMENTATION_METRICS)
     metric_names += list(PROBABILITY_METRICS) if prob_dir is not None else []
     metric_names += list(UNCERTAINTY_METRICS) if unc_dir is not None else []
     per_case = []
     for files in tqdm(cases, desc="evaluating", unit="case", disable=not show_progress):
-        reference = _read_label_map(files.reference, files.case, "reference")
-        prediction = _read_label_map(files.prediction, files.case, "prediction")
-        _check_values(files.case, "reference", reference, allowed)
-        _check_values(files.case, "prediction", prediction, allowed)
-        uncertainty = None
-        if files.uncertainty is not None:
-            uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(str(files.uncertainty))).astype(np.float64)
-        probabilities = None
-        if files.probabilities is not None and labels:
-            probabilities = _read_probabilities(files.probabilities, files.case, reference.shape, labels)
-        excluded_mask = None
-        if files.exclusion is not None:
-            excluded_mask = _read_label_map(files.exclusion, files.case, "exclusion mask") != 0
-        metrics = evaluate_case(reference, prediction, labels, geometries[files.case], excluded,
-                                probabilities, uncertainty, excluded_mask)
-        per_case.append({
-            "case": files.case,
-            "reference_file": str(files.reference),
-            "prediction_file": str(files.prediction),
-            "uncertainty_file": None if files.uncertainty is None else str(files.uncertainty),
-            "probability_file": None if files.probabilities is None else str(files.probabilities),
-            "exclusion_file": None if files.exclusion is None else str(files.exclusion),
-            "metrics": {str(label): values for label, values in metrics.items()},
-        })
+        per_case.append(_evaluate_files(files, labels, excluded, geometries[files.case]))
     _check_figures(per_case)
     mean, n_nan = _summarise(per_case, labels, metric_names)
     foreground_mean = {name: _nanmean([mean[str(label)][name] for label in labels]) for name in metric_names}
@@ -296,6 +254,65 @@ def evaluate_folders(
         "mean": mean,
         "foreground_mean": foreground_mean,
         "n_nan": n_nan,
+    }
+
+
+def _checked_labels(labels: Sequence[int] | None, excluded: set[int]) -> list[int] | None:
+    """The requested foreground labels, sorted; None stays None (found in the files later)."""
+    if labels is None:
+        return None
+    labels = sorted({int(v) for v in labels})
+    if not labels or min(labels) < 1 or excluded & set(labels):
+        raise PDDDPMUserError(f"Labels {labels} must be positive foreground labels other than {sorted(excluded)}.")
+    return labels
+
+
+def _checked_inputs(cases: list) -> dict[str, Geometry]:
+    """Every case's files on the reference's grid, then every file's stored voxels readable and finite, before
+    any metric is computed; returns each case's reference geometry."""
+    geometries: dict[str, Geometry] = {}
+    for files in cases:
+        reference = read_image_header(files.reference)
+        _check_same_grid(files.case, "prediction", reference, read_image_header(files.prediction))
+        if files.uncertainty is not None:
+            _check_same_grid(files.case, "uncertainty map", reference, read_image_header(files.uncertainty))
+        if files.exclusion is not None:
+            _check_same_grid(files.case, "exclusion mask", reference, read_image_header(files.exclusion))
+        geometries[files.case] = Geometry(reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection())
+    for files in cases:
+        for role, path in (("reference", files.reference), ("prediction", files.prediction),
+                           ("uncertainty map", files.uncertainty), ("exclusion mask", files.exclusion)):
+            if path is not None:
+                _check_voxels(path, files.case, role)
+    return geometries
+
+
+def _evaluate_files(files, labels: list[int], excluded: set[int], geometry: Geometry) -> dict[str, Any]:
+    """One case's entry of ``metric_per_case``: its files read, their label values checked, its metrics."""
+    allowed = {0, *labels, *excluded}
+    reference = _read_label_map(files.reference, files.case, "reference")
+    prediction = _read_label_map(files.prediction, files.case, "prediction")
+    _check_values(files.case, "reference", reference, allowed)
+    _check_values(files.case, "prediction", prediction, allowed)
+    uncertainty = None
+    if files.uncertainty is not None:
+        uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(str(files.uncertainty))).astype(np.float64)
+    probabilities = None
+    if files.probabilities is not None and labels:
+        probabilities = _read_probabilities(files.probabilities, files.case, reference.shape, labels)
+    excluded_mask = None
+    if files.exclusion is not None:
+        excluded_mask = _read_label_map(files.exclusion, files.case, "exclusion mask") != 0
+    metrics = evaluate_case(reference, prediction, labels, geometry, excluded, probabilities, uncertainty,
+                            excluded_mask)
+    return {
+        "case": files.case,
+        "reference_file": str(files.reference),
+        "prediction_file": str(files.prediction),
+        "uncertainty_file": None if files.uncertainty is None else str(files.uncertainty),
+        "probability_file": None if files.probabilities is None else str(files.probabilities),
+        "exclusion_file": None if files.exclusion is None else str(files.exclusion),
+        "metrics": {str(label): values for label, values in metrics.items()},
     }
 
 
