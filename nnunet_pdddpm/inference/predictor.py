@@ -104,6 +104,18 @@ def _check_labels(path: str, pdddpm_settings: dict, dataset_labels) -> None:
                               f"{expected}; use the dataset.json the denoiser was trained with.")
 
 
+def _cropped(result: CaseResult, final: torch.Tensor, revert, uncertainty_kind: str) -> CaseResult:
+    """The case's result with the sliding-window padding removed (``revert`` from ``pad_nd_image``), on the CPU,
+    and its scores computed on what remains."""
+    crop, per_class_crop = tuple(revert[1:]), (slice(None), *revert[1:])
+    unc = None if result.uncertainty is None else result.uncertainty[crop].cpu()
+    per_class = None if result.class_uncertainty is None else result.class_uncertainty[per_class_crop].cpu()
+    scores = None if result.member_foreground is None else case_scores(
+        result.member_foreground[per_class_crop].cpu(), result.probabilities[per_class_crop].cpu(), unc,
+        uncertainty_kind)
+    return CaseResult(final[per_class_crop].cpu(), unc, per_class, result.nfe, scores=scores)
+
+
 class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
     #: Finished cases that may queue for an export thread while the next case is sampled (nnU-Net: 2 per worker
     #: pool); each holds its probabilities and uncertainty maps in memory.
@@ -250,15 +262,11 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
             raise PDDDPMUserError("No pre-segmentation: pass -preseg_tr/-preseg_c (a trained nnU-Net model) or "
                                   "-preseg_probabilities, or use --vanilla.")
         patch = tuple(self.configuration_manager.patch_size)
-        compute = self.device
         results = self.device if self.perform_everything_on_device else torch.device("cpu")
-        x0_pre = None
+        pre_probabilities = x0_pre = None
         if not sampling.vanilla:
-            probs = pre_segmentation.probabilities(data, properties, case_key).to(compute)
-            probs, _ = pad_nd_image(probs, patch, "constant", {"value": 0}, True, None)
-            x0_pre = encode_pre_segmentation(probs[None], sampling.soft_pre_segmentation)[0]
-        data = data.to(compute, torch.float32)
-        padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+            pre_probabilities, x0_pre = self._encoded_start(pre_segmentation, data, properties, case_key, sampling)
+        padded, revert = pad_nd_image(data.to(self.device, torch.float32), patch, "constant", {"value": 0}, True, None)
         slicers = self._internal_get_sliding_window_slicers(padded.shape[1:])
         gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results,
                                     dtype=torch.float32) if self.use_gaussian else torch.ones(patch, device=results)
@@ -266,15 +274,18 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
                                                 performance)
         final = result.probabilities
         if sampling.fuses_pre_segmentation:
-            final = fuse_with_pre_segmentation(final, probs.to(results), sampling.pre_segmentation_weight,
+            final = fuse_with_pre_segmentation(final, pre_probabilities.to(results), sampling.pre_segmentation_weight,
                                                sampling.confidence_gate)
-        crop, per_class_crop = tuple(revert[1:]), (slice(None), *revert[1:])
-        unc = None if result.uncertainty is None else result.uncertainty[crop].cpu()
-        per_class = None if result.class_uncertainty is None else result.class_uncertainty[per_class_crop].cpu()
-        scores = None if result.member_foreground is None else case_scores(
-            result.member_foreground[per_class_crop].cpu(), result.probabilities[per_class_crop].cpu(), unc,
-            sampling.uncertainty)
-        return CaseResult(final[per_class_crop].cpu(), unc, per_class, result.nfe, scores=scores)
+        return _cropped(result, final, revert, sampling.uncertainty)
+
+    def _encoded_start(self, pre_segmentation: PreSegmentation, data: torch.Tensor, properties: dict,
+                       case_key: str | None, sampling: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pre-segmenter's probabilities (K, *padded) and the x0 they encode to, padded like the image
+        (the padding is background: ``encode_pre_segmentation``)."""
+        patch = tuple(self.configuration_manager.patch_size)
+        probs = pre_segmentation.probabilities(data, properties, case_key).to(self.device)
+        probs, _ = pad_nd_image(probs, patch, "constant", {"value": 0}, True, None)
+        return probs, encode_pre_segmentation(probs[None], sampling.soft_pre_segmentation)[0]
 
     def _sample_with_oom_fallback(self, padded, x0_pre, slicers, gaussian, case_key, results,
                                   sampling: SamplingSettings, performance: PerformanceSettings) -> CaseResult:
