@@ -1,12 +1,12 @@
 """How the refiner's samples are drawn and combined: fast against best sampler, fusion and gating.
 
 On a work folder of ``benchmark_refiner`` (its trained models of ``--seeds``), at T' = 300 (``--quick``: 10) with an
-ensemble of 5 and the entropy map, per seed: DDIM 5 steps (the default), DDIM 10 steps, ancestral DDPM with every
+ensemble of 5 and the entropy map, per seed: DDIM 5 steps (the ensemble alone), DDIM 10 steps, ancestral DDPM with every
 step (the best the sampler can do; 300 network evaluations per sample), and DDIM 5 steps fused with nnU-Net's softmax
-(``-preseg_weight`` 0.25 or 0.5) or gated by the ensemble's confidence (``-confidence_gate 0.9``: below it nnU-Net's
-probabilities are kept). Each against nnU-Net and against the default, paired over cases. Two error-AUROCs per
-setting: of the ensemble's entropy map (what predict writes) and of the entropy of the delivered probabilities
-(after fusion or gating; for nnU-Net both are its softmax entropy).
+(``-preseg_weight`` 0.25, the refiner's default, or 0.5) or gated by the ensemble's confidence
+(``-confidence_gate 0.9``: below it nnU-Net's probabilities are kept). Each against nnU-Net and against DDIM 5
+unfused, paired over cases. Two error-AUROCs per setting: of the ensemble's own entropy map and of the entropy of
+the delivered probabilities (after fusion or gating: what predict writes; for nnU-Net both are its softmax entropy).
 
     python -m benchmarks.refiner_sampling_study -o WORK [--seeds 0] [--device cuda] [--settings ddim10 fused ...]
     python -m benchmarks.refiner_sampling_study -o WORK --demo pdddpm_demo pdddpm_demo_seed1 pdddpm_demo_seed2
@@ -33,15 +33,15 @@ from nnunet_pdddpm.io_utils import write_json_atomic
 
 T_PRIME = {"full": 300, "quick": 10, "demo": 300}  # quick: the tiny refiner is trained on t < 20
 SETTINGS = {  # name: (label, SamplingSettings changes)
-    "ddim5": ("DDIM 5 steps (default)", {"sampler": "ddim", "steps": 5}),
+    "ddim5": ("DDIM 5 steps, unfused", {"sampler": "ddim", "steps": 5}),
     "ddim10": ("DDIM 10 steps", {"sampler": "ddim", "steps": 10}),
     "ddpm": ("DDPM, every step (best)", {"sampler": "ddpm", "steps": None}),
-    "fused25": ("DDIM 5, fused with nnU-Net (w 0.25)", {"sampler": "ddim", "steps": 5,
-                                                         "pre_segmentation_weight": 0.25}),
+    "fused25": ("DDIM 5, fused with nnU-Net (w 0.25, default)", {"sampler": "ddim", "steps": 5,
+                                                                  "pre_segmentation_weight": 0.25}),
     "fused": ("DDIM 5, fused with nnU-Net (w 0.5)", {"sampler": "ddim", "steps": 5, "pre_segmentation_weight": 0.5}),
     "gated": ("DDIM 5, confidence gate 0.9", {"sampler": "ddim", "steps": 5, "confidence_gate": 0.9}),
 }
-DEFAULT = "ddim5"
+DEFAULT = "ddim5"  # the reference every setting is paired with: the ensemble alone
 DEMO = Setup(None, 986, "PDDDPMDemoCPU", "nnUNetTrainer_demoCPU", "PDDDPMTrainer_demoCPU_refiner", "", (), 5, 5)
 
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="study the CPU demo's models: its output folders, one per seed (the seeds default to 0 1 ...)")
     p.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=tuple(SETTINGS),
                    help="settings to run (default: all; ddpm costs 300 network evaluations per sample, hours on a "
-                        "CPU); the default, ddim5, is always run")
+                        "CPU); ddim5, the reference, is always run")
     return p
 
 
@@ -79,8 +79,9 @@ def study_seed(work: Path, seed: int, dataset: Path, device: str, setup: Setup, 
                       for c, v in base["cases"].items()}}
     for key in keys:
         label, changes = SETTINGS[key]
+        # unfused unless the setting says so: the trainer's default fusion is itself one of the settings
         settings = runner.settings(t_prime=t_prime, ensemble_size=setup.ensemble_size, uncertainty="entropy",
-                                   **changes)
+                                   **{"pre_segmentation_weight": 0.0, **changes})
         name = f"study_t{t_prime}_{key}"
         final = f"{name}_final_entropy"  # the same probabilities, mapped by the entropy of what is delivered
         if not all((runner.output / "evaluation" / f"{n}.json").is_file() for n in (name, final)):

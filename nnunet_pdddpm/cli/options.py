@@ -73,7 +73,8 @@ def add_sampling_options(group) -> None:
     group.add_argument("-seed", type=int, default=0, help="Seed; the same seed gives the same outputs. Default: 0.")
     group.add_argument("-preseg_weight", type=float, default=None,
                        help="Mix the pre-segmenter's probabilities into the result: (1 - w) * ensemble mean + w * "
-                            "pre-segmenter, w in [0, 1]; the uncertainty stays the ensemble's. Default: 0.")
+                            "pre-segmenter, w in [0, 1]; the entropy map is then the entropy of the result. "
+                            "Default: the denoiser trainer's (PDDDPMTrainer: 0.25; PDDDPMTrainer_paper: 0).")
     group.add_argument("-confidence_gate", type=float, default=None,
                        help="Keep the ensemble's probabilities only where its largest mean class probability is at "
                             "least this, elsewhere the pre-segmenter's; in (1/K, 1] for K classes. Default: no gate.")

@@ -16,7 +16,12 @@ def describe(settings: SamplingSettings, num_train_timesteps: int) -> str:
     t = settings.effective_t_prime(num_train_timesteps)
     start = f"noise at T={t}" if settings.vanilla else f"T'={t}"
     steps = len(sampling_timesteps(t, settings.steps))
-    return f"{start}, {settings.sampler} {steps} steps, ensemble {settings.ensemble_size}"
+    text = f"{start}, {settings.sampler} {steps} steps, ensemble {settings.ensemble_size}"
+    if settings.pre_segmentation_weight > 0:
+        text += f", fused with the pre-segmenter (w {settings.pre_segmentation_weight:g})"
+    if settings.confidence_gate is not None:
+        text += f", confidence gate {settings.confidence_gate:g}"
+    return text
 
 
 def metrics_row(run: SettingRun, prefix: str = "") -> dict:

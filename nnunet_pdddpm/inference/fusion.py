@@ -1,7 +1,9 @@
 """Fusion of the ensemble's probabilities with the pre-segmenter's, after aggregation over patches.
 
-Only the probabilities change: the uncertainty maps and case scores stay those of the ensemble, which is
-what was sampled (where the gate keeps the pre-segmentation, the map still says how unsure the ensemble was).
+The probabilities change, and so does the ``entropy`` map: it is the entropy of the fused probabilities, the
+predictive entropy of the mixture that is delivered (``PDDDPMPredictor.predict_case``). The members' maps
+(``variance``, ``expected_entropy``, ``mutual_information``) and the pairwise Dice stay the ensemble's: they
+describe what was sampled.
 """
 from __future__ import annotations
 

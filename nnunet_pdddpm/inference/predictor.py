@@ -59,7 +59,7 @@ from nnunet_pdddpm.inference.pre_segmentation import (
 from nnunet_pdddpm.inference.scores_file import record_case_scores
 from nnunet_pdddpm.inference.settings import DenoiserLimits, PerformanceSettings, SamplingSettings
 from nnunet_pdddpm.inference.t_prime_sweep import read_auto_t_prime
-from nnunet_pdddpm.inference.uncertainty import case_scores
+from nnunet_pdddpm.inference.uncertainty import binary_entropy, case_scores, predictive_entropy
 from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs
 from nnunet_pdddpm.output_names import CASE_SCORES_FILE, UNCERTAINTY_FOLDER, UNCERTAINTY_SUFFIX
 from nnunet_pdddpm.precision import autocast
@@ -249,7 +249,8 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         ``sampling``, ``pre_segmentation`` and ``performance`` default to those of :meth:`configure` and the
         constructor; the result depends on nothing else (and on ``sampling.seed``, not on batch layout).
         With ``-preseg_weight`` or ``-confidence_gate`` the probabilities are fused with the pre-segmenter's after
-        aggregation over patches (``fusion.py``); the uncertainty maps and scores stay the ensemble's.
+        aggregation over patches (``fusion.py``); the ``entropy`` map (and the scores' mean uncertainty) is then
+        that of the fused probabilities, the other maps and the pairwise Dice stay the ensemble's.
         """
         sampling = self.sampling if sampling is None else sampling
         pre_segmentation = self.pre_segmentation if pre_segmentation is None else pre_segmentation
@@ -276,6 +277,9 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         if sampling.fuses_pre_segmentation:
             final = fuse_with_pre_segmentation(final, pre_probabilities.to(results), sampling.pre_segmentation_weight,
                                                sampling.confidence_gate)
+            if sampling.uncertainty == "entropy":  # the entropy of what is delivered (fusion.py)
+                per_class = None if result.class_uncertainty is None else binary_entropy(final)
+                result = replace(result, uncertainty=predictive_entropy(final), class_uncertainty=per_class)
         return _cropped(result, final, revert, sampling.uncertainty)
 
     def _encoded_start(self, pre_segmentation: PreSegmentation, data: torch.Tensor, properties: dict,

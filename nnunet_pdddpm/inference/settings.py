@@ -66,7 +66,8 @@ class SamplingSettings:
         or with ``entropy`` its binary entropy); the scalar map is unchanged.
     soft_pre_segmentation: encode the pre-segmenter's probabilities as 2p - 1 instead of its argmax.
     pre_segmentation_weight (flag ``-preseg_weight``): final probabilities = (1 - w) ensemble mean + w
-        pre-segmenter's probabilities.
+        pre-segmenter's probabilities; with fusion (or the gate) the ``entropy`` map is the entropy of these final
+        probabilities, the other maps stay the ensemble's.
     confidence_gate: a voxel keeps the ensemble's (fused) probabilities only where the ensemble mean's largest class
         probability reaches the gate, elsewhere the pre-segmenter's; valid in (1/K, 1] (the largest of K
         probabilities is never below 1/K, so a lower gate never keeps the pre-segmentation), checked in (0, 1]
@@ -118,10 +119,13 @@ class SamplingSettings:
 
     def with_overrides(self, **changes) -> SamplingSettings:
         """These settings with ``changes`` (None values ignored); a new ``sampler`` without ``steps`` drops the
-        old steps, which were chosen for the old sampler."""
+        old steps, which were chosen for the old sampler, and ``vanilla`` without fusion settings drops the
+        defaults' fusion (there is no pre-segmentation to mix in; asked for explicitly, it is an error)."""
         changes = {k: v for k, v in changes.items() if v is not None}
         if changes.get("sampler", self.sampler) != self.sampler and "steps" not in changes:
             changes["steps"] = None
+        if changes.get("vanilla", self.vanilla) and not any(f in changes for f in FUSION_FIELDS):
+            changes.update(pre_segmentation_weight=0.0, confidence_gate=None)
         return replace(self, **changes)
 
     def at_t_prime(self, t_prime: int) -> SamplingSettings:
@@ -181,7 +185,8 @@ class SamplingSettings:
 
 
 #: what a checkpoint stores of its trainer's sampling (the rest is chosen per prediction run)
-STORED_FIELDS = ("t_prime", "ensemble_size", "sampler", "steps", "soft_pre_segmentation", "uncertainty")
+STORED_FIELDS = ("t_prime", "ensemble_size", "sampler", "steps", "soft_pre_segmentation", "uncertainty",
+                 "pre_segmentation_weight")
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
     steps: int | None = None  # network evaluations from T' to 0; None: every step
     soft_pre_segmentation: bool = False  # diffuse the pre-segmenter's probabilities (2p - 1) instead of its argmax
     uncertainty: str = "variance"  # the map nnunet_pdddpm_predict writes by default (``inference/uncertainty.py``)
+    # w of the result (1 - w) * ensemble mean + w * pre-segmenter's probabilities (``inference/fusion.py``)
+    pre_segmentation_weight: float = 0.0
     # T' candidates of the final validation's sweep (automatic T', ``inference/t_prime_sweep.py``); () for none.
     # Values above the training timestep range are skipped.
     t_prime_sweep: tuple[int, ...] = (50, 100, 200, 300, 400, 500)
@@ -176,6 +178,10 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
         elif self.steps is not None and isinstance(self.t_prime, int) and 0 < self.t_prime < self.steps:
             problems.append(f"steps must be at most t_prime ({self.t_prime}): a reverse process from T' has only "
                             f"T' steps, got {self.steps!r}")
+        weight = self.pre_segmentation_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+            problems.append(f"pre_segmentation_weight must be a number in [0, 1], got "
+                            f"{self.pre_segmentation_weight!r}")
         if self.uncertainty not in UNCERTAINTY_KINDS:
             problems.append(f"uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, got {self.uncertainty!r}")
         if any(not isinstance(t, int) or not 0 < t <= T for t in self.t_prime_sweep):
@@ -453,7 +459,8 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
         checkpoint, ``nnunet_pdddpm_predict``'s defaults."""
         return SamplingSettings(t_prime=self.t_prime, ensemble_size=self.ensemble_size, sampler=self.sampler,
                                 steps=self.steps, soft_pre_segmentation=self.soft_pre_segmentation,
-                                uncertainty=self.uncertainty)
+                                uncertainty=self.uncertainty,
+                                pre_segmentation_weight=float(self.pre_segmentation_weight))
 
     # ---------------------------------------------------------------- checkpoints
     def pdddpm_settings(self) -> dict:

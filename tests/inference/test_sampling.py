@@ -128,7 +128,26 @@ def test_fusion_and_gate_change_the_probabilities_not_the_uncertainty(env, pre_s
     assert 0 < confident.float().mean() < 1  # both kinds of voxels occur
     torch.testing.assert_close(fused.probabilities, torch.where(confident, 0.7 * ensemble.probabilities + 0.3 * pre,
                                                                 pre), atol=1e-6, rtol=0)
-    assert torch.equal(fused.uncertainty, ensemble.uncertainty) and fused.scores == ensemble.scores
+    assert torch.equal(fused.uncertainty, ensemble.uncertainty) and fused.scores == ensemble.scores  # variance
+
+
+def test_with_fusion_the_entropy_map_is_that_of_the_delivered_probabilities(env, pre_segmenter, case):
+    """The entropy map describes the fused result (the mixture's predictive entropy), computed here in NumPy; the
+    members' agreement stays the ensemble's."""
+    data, props = case
+    kw = dict(ensemble_size=3, t_prime=300, sampler="ddpm", steps=10, uncertainty="entropy",
+              uncertainty_per_class=True)
+    ensemble = make_predictor(env, pre_segmenter, **kw).predict_case(data, props, "case_003")
+    fused = make_predictor(env, pre_segmenter, pre_segmentation_weight=0.25, **kw).predict_case(data, props,
+                                                                                              "case_003")
+    p = fused.probabilities.double().numpy()
+    entropy = -(p * np.log(np.clip(p, 1e-8, None))).sum(0)
+    q = np.clip(p, 1e-8, 1 - 1e-8)
+    np.testing.assert_allclose(fused.uncertainty.numpy(), entropy, atol=1e-5)
+    np.testing.assert_allclose(fused.class_uncertainty.numpy(), -(q * np.log(q) + (1 - q) * np.log(1 - q)), atol=1e-5)
+    assert not torch.allclose(fused.uncertainty, ensemble.uncertainty)
+    assert fused.scores["pairwise_dice"] == ensemble.scores["pairwise_dice"]
+    assert fused.scores["mean_uncertainty"] == pytest.approx(float(entropy.mean()), rel=1e-5)
 
 
 def test_out_of_memory_falls_back_to_smaller_batches(env, pre_segmenter, case):

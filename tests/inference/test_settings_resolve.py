@@ -44,3 +44,14 @@ def test_the_library_refuses_more_steps_than_t_prime_instead_of_clamping() -> No
     assert sampling_timesteps(4, 4) == [3, 2, 1, 0]
     with pytest.raises(ValueError, match="5 sampling steps exceed T'=4"):
         sampling_timesteps(4, 5)
+
+
+def test_vanilla_drops_the_defaults_fusion_but_not_an_explicit_one() -> None:
+    """A stored fusion has no pre-segmentation to mix in under --vanilla; asked for explicitly, it is refused."""
+    fused = SamplingSettings(t_prime=100, pre_segmentation_weight=0.25)
+    vanilla = fused.with_overrides(vanilla=True, pre_segmentation_weight=None)  # the CLI's unset flag
+    assert vanilla.pre_segmentation_weight == 0.0 and vanilla.confidence_gate is None
+    vanilla.resolve(DenoiserLimits(1000, 1000, 1, 2, "PDDDPMTrainer_paper"), "the trainer")
+    with pytest.raises(PDDDPMUserError, match="--vanilla"):
+        fused.with_overrides(vanilla=True, pre_segmentation_weight=0.5)
+    assert fused.with_overrides(ensemble_size=3).pre_segmentation_weight == 0.25  # kept otherwise

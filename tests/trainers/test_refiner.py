@@ -71,6 +71,7 @@ def _construct(root: Path, cls, monkeypatch):
     ("steps", 21, r"Bad\.steps must be at most t_prime \(20\): a reverse process from T' has only T' steps, got 21"),
     ("t_prime_sweep", (0, 10), r"Bad\.t_prime_sweep must hold integers in \(0, 1000\]"),
     ("uncertainty", "std", r"Bad\.uncertainty must be one of variance, entropy, .*got 'std'"),
+    ("pre_segmentation_weight", 1.5, r"Bad\.pre_segmentation_weight must be a number in \[0, 1\], got 1\.5"),
     ("warm_start", "pre_segmenter", r"Bad\.warm_start needs diffusion_config = DiffusionConfig"),
 ])
 def test_invalid_attribute_is_refused_at_construction(nnunet_root, monkeypatch, attribute, value, message) -> None:
@@ -123,6 +124,7 @@ def test_refiner_checkpoint_records_its_warm_start_and_soft_starts(quick) -> Non
     assert training["pre_segmentation_source"] == "out_of_fold" and training["pre_segmentation_soft"]
     assert ckpt["pdddpm"]["sampling"]["soft_pre_segmentation"] is True
     assert ckpt["pdddpm"]["sampling"]["uncertainty"] == "entropy"
+    assert ckpt["pdddpm"]["sampling"]["pre_segmentation_weight"] == 0.25
     assert (_folder(quick, "PDDDPMTrainer_tiny_refiner") / "fold_0" / "pdddpm_t_prime.json").is_file()
 
 
@@ -215,6 +217,7 @@ def test_default_trainer_is_the_refiner_and_the_papers_recipe_keeps_its_name() -
     assert PDDDPMTrainer.diffusion_config == DiffusionConfig(prediction_type="sample", output_activation="softmax")
     assert PDDDPMTrainer.pre_segmenter_trainers == ("nnUNetTrainer",)
     assert (PDDDPMTrainer.sampler, PDDDPMTrainer.steps, PDDDPMTrainer.ensemble_size) == ("ddim", 5, 5)
+    assert PDDDPMTrainer.pre_segmentation_weight == 0.25 and PDDDPMTrainer_paper.pre_segmentation_weight == 0
     paper = PDDDPMTrainer_paper
     assert paper.warm_start is None and paper.diffusion_config == DiffusionConfig()
     assert (paper.t_prime, paper.ensemble_size, paper.sampler, paper.steps) == (300, 5, "ddpm", None)
@@ -285,12 +288,21 @@ def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(qui
         return probabilities, unc, json.loads((out / "uncertainty" / "case_scores.json").read_text())
 
     default = predict("default", "--save_probabilities")
-    soft = predict("soft", "--save_probabilities", "--soft_pre_segmentation", "-uncertainty", "entropy")
+    soft = predict("soft", "--save_probabilities", "--soft_pre_segmentation", "-uncertainty", "entropy",
+                   "-preseg_weight", "0.25")
     hard = predict("hard", "--save_probabilities", "--hard_pre_segmentation")
+    unfused = predict("unfused", "--save_probabilities", "-preseg_weight", "0")
     assert default[2][case]["uncertainty"] == "entropy"
     np.testing.assert_array_equal(default[0], soft[0])
     np.testing.assert_array_equal(default[1], soft[1])
     assert not np.array_equal(default[0], hard[0])  # the argmax start gives other samples
+    # the stored fusion: the same samples, a quarter of nnU-Net's softmax mixed into the result
+    run_cli(["nnUNetv2_predict", "-i", str(one_case), "-o", str(tmp_path / "nnunet"), "-d", QUICK_DATASET, "-c", "2d",
+             "-f", "0", "-tr", "nnUNetTrainer_tiny", "-device", "cpu", "-npp", "1", "-nps", "1",
+             "--save_probabilities", "--disable_progress_bar"], env)
+    nnunet = np.load(tmp_path / "nnunet" / f"{case}.npz")["probabilities"]
+    assert not np.allclose(default[0], unfused[0], atol=1e-3)
+    np.testing.assert_allclose(default[0], 0.75 * unfused[0] + 0.25 * nnunet, atol=1e-3)
 
 
 @pytest.mark.slow
@@ -305,7 +317,7 @@ def test_sampling_study_compares_fast_fused_and_gated_sampling(quick) -> None:
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r["setting"]: r for r in json.loads((quick / "refiner_sampling.json").read_text())["rows"]}
-    default, ten = rows["DDIM 5 steps (default)"], rows["DDIM 10 steps"]
+    default, ten = rows["DDIM 5 steps, unfused"], rows["DDIM 10 steps"]
     fused, gated = rows["DDIM 5, fused with nnU-Net (w 0.5)"], rows["DDIM 5, confidence gate 0.9"]
     assert {r["n"] for r in rows.values()} == {2}  # seed 0 x the quick benchmark's two test cases
     pre_nfe = rows["nnU-Net"]["nfe"]
@@ -314,7 +326,24 @@ def test_sampling_study_compares_fast_fused_and_gated_sampling(quick) -> None:
     assert "delta_dice_vs_ddim5" not in default and len(fused["delta_dice_vs_ddim5"]) == 3
     nnunet = rows["nnU-Net"]
     assert nnunet["final_entropy_auroc"] == nnunet["entropy_auroc"]  # one softmax, one map
-    assert all(0 <= r["final_entropy_auroc"] <= 1 for r in (default, fused, gated))  # scored beside the map
+    # the error-AUROC of the delivered probabilities' entropy, counted over every (error, correct) voxel pair
+    import numpy as np
+    import SimpleITK as sitk
+
+    def read(path: Path) -> np.ndarray:
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+    folder = quick / "sampling" / "seed0" / "nnunet" / "predictions" / "study_t10_fused_final_entropy"
+    per_case = []
+    for seg_file in sorted(folder.glob("*.nii.gz")):
+        case = seg_file.name[:-len(".nii.gz")]
+        error = (read(seg_file) == 1) != (read(quick / "nnUNet_raw" / QUICK_DATASET / "labelsTs" / seg_file.name) == 1)
+        u = read(folder / "uncertainty" / f"{case}_uncertainty.nii.gz").astype(np.float64)
+        if error.any() and (~error).any():
+            pairs = u[error].ravel()[:, None] - u[~error].ravel()[None, :]
+            per_case.append(float((pairs > 0).mean() + 0.5 * (pairs == 0).mean()))
+    assert len(per_case) == 2
+    assert fused["final_entropy_auroc"] == pytest.approx(np.mean(per_case), abs=1e-6)
 
 
 def test_a_trainer_made_in_python_leaves_the_excepthook_alone(nnunet_root, monkeypatch) -> None:
