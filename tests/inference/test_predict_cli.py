@@ -89,7 +89,6 @@ def test_case_scores_list_every_case_with_finite_values(first_run):
         # the score is the mean of the written map (the generated images fill their grid: nothing is cropped)
         u = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty" / f"{case}_uncertainty.nii.gz")))
         assert s["mean_uncertainty"] == pytest.approx(float(u.astype(np.float64).mean()), rel=1e-4)
-        assert s["mean_uncertainty_foreground"] > s["mean_uncertainty"]  # the samples disagree where they see lesion
 
 
 def test_continue_prediction_only_predicts_what_is_missing(first_run, tmp_path):
