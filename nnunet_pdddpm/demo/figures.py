@@ -30,8 +30,9 @@ def lesion_slice(reference: np.ndarray) -> int:
 
 
 def case_figure(flair: Path, reference: Path, predictions: dict[str, Path], uncertainty: Path | None,
-                output: Path, title: str = "") -> Path:
-    """Write ``output`` (PNG) for one case; ``predictions`` maps method name -> segmentation file."""
+                output: Path, title: str = "", uncertainty_kind: str = "variance") -> Path:
+    """Write ``output`` (PNG) for one case; ``predictions`` maps method name -> segmentation file;
+    ``uncertainty_kind`` names the map in its title (``SamplingSettings.uncertainty`` of the run that wrote it)."""
     image, ref = _read(flair), _read(reference)
     z = lesion_slice(ref)
     panels = 1 + len(predictions) + (uncertainty is not None)
@@ -51,7 +52,7 @@ def case_figure(flair: Path, reference: Path, predictions: dict[str, Path], unce
         unc = _read(uncertainty)[z]
         shown = axes[-1].imshow(unc, cmap="magma", origin="lower", interpolation="nearest")
         _contour(axes[-1], ref[z], REFERENCE_COLOUR, 0.6)
-        axes[-1].set_title("PD-DDPM uncertainty (variance)", fontsize=9)
+        axes[-1].set_title(f"PD-DDPM uncertainty ({uncertainty_kind.replace('_', ' ')})", fontsize=9)
         fig.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.02)
     for ax in axes:
         ax.set_axis_off()

@@ -123,7 +123,7 @@ def run_demo(workdir: str | os.PathLike = "pdddpm_demo", profile: str | DemoRunP
 
     _stage(7, "evaluation, table and figures")
     rows = _rows(runner, settings, timings.get("prediction pre-segmenter", {}), paths, method_folders(profile))
-    report = _write_report(paths, profile, device, rows, runner, num_figures)
+    report = _write_report(paths, profile, device, rows, runner, num_figures, settings["PD-DDPM"].uncertainty)
     wall = time.perf_counter() - start
     summary = summary_line(rows, runner.predictor.t_prime_source)
     report.update(wall_time_s=wall, stage_seconds_this_run=this_run, seed=seed, summary=summary,
@@ -294,7 +294,7 @@ def summary_line(rows: list[dict], t_prime_source: str) -> str:
 
 
 def _write_report(paths: DemoPaths, profile: DemoRunProfile, device: str, rows: list[dict], runner,
-                  num_figures: int) -> dict:
+                  num_figures: int, uncertainty_kind: str) -> dict:
     figures = paths.report / "figures"
     write_rows(rows, COLUMNS, paths.report / "results.csv")
     files = [str(table1.plot(rows, figures / "metrics.png"))]
@@ -303,7 +303,8 @@ def _write_report(paths: DemoPaths, profile: DemoRunProfile, device: str, rows: 
         uncertainty = paths.predictions("pd_ddpm") / "uncertainty" / f"{case}_uncertainty.nii.gz"
         files.append(str(case_figure(paths.images / f"{case}_0000.nii.gz", paths.labels / f"{case}.nii.gz",
                                      predictions, uncertainty if uncertainty.is_file() else None,
-                                     figures / f"{case}.png", title=f"{case} ({profile.name} profile)")))
+                                     figures / f"{case}.png", title=f"{case} ({profile.name} profile)",
+                                     uncertainty_kind=uncertainty_kind)))
     return {"profile": profile.name, "device": device, "dataset": str(paths.raw / paths.dataset),
             "note": profile.note, "columns": list(COLUMNS), "rows": rows, "figures": files,
             "denoiser": runner.models.denoiser_folder, "pre_segmenter": runner.models.pre_segmenter_folder}
