@@ -5,8 +5,8 @@ ensemble of 5 and the entropy map, per seed: DDIM 5 steps (the ensemble alone), 
 step (the best the sampler can do; 300 network evaluations per sample), and DDIM 5 steps fused with nnU-Net's softmax
 (``-preseg_weight`` 0.25, the refiner's default, or 0.5) or gated by the ensemble's confidence
 (``-confidence_gate 0.9``: below it nnU-Net's probabilities are kept). Each against nnU-Net and against DDIM 5
-unfused, paired over cases. Two error-AUROCs per setting: of the ensemble's own entropy map and of the entropy of
-the delivered probabilities (after fusion or gating: what predict writes; for nnU-Net both are its softmax entropy).
+unfused, paired over cases. The error-AUROC is that of the entropy map predict writes: with fusion or gating the
+entropy of the delivered probabilities, for nnU-Net its softmax entropy.
 
     python -m benchmarks.refiner_sampling_study -o WORK [--seeds 0] [--device cuda] [--settings ddim10 fused ...]
     python -m benchmarks.refiner_sampling_study -o WORK --demo pdddpm_demo pdddpm_demo_seed1 pdddpm_demo_seed2
@@ -28,7 +28,6 @@ from pathlib import Path
 from benchmarks.benchmark_fidelity import model_folder
 from benchmarks.benchmark_refiner import FULL, NNUNET, QUICK, Setup, _runner, nanmean, per_case, segmenter_row
 from nnunet_pdddpm.evaluation.paired import paired_difference
-from nnunet_pdddpm.inference.uncertainty import predictive_entropy
 from nnunet_pdddpm.io_utils import write_json_atomic
 
 T_PRIME = {"full": 300, "quick": 10, "demo": 300}  # quick: the tiny refiner is trained on t < 20
@@ -75,7 +74,7 @@ def study_seed(work: Path, seed: int, dataset: Path, device: str, setup: Setup, 
 
     base = segmenter_row(runner, "nnunet", NNUNET, probs)
     out = {"nnunet": {c: {"dice": v["dice"], "lesion_f1": v["lesion_f1"], "entropy_auroc": v["maps"]["entropy"],
-                          "final_entropy_auroc": v["maps"]["entropy"], "nfe": base["nfe"]}
+                          "nfe": base["nfe"]}
                       for c, v in base["cases"].items()}}
     for key in keys:
         label, changes = SETTINGS[key]
@@ -83,21 +82,16 @@ def study_seed(work: Path, seed: int, dataset: Path, device: str, setup: Setup, 
         settings = runner.settings(t_prime=t_prime, ensemble_size=setup.ensemble_size, uncertainty="entropy",
                                    **{"pre_segmentation_weight": 0.0, **changes})
         name = f"study_t{t_prime}_{key}"
-        final = f"{name}_final_entropy"  # the same probabilities, mapped by the entropy of what is delivered
-        if not all((runner.output / "evaluation" / f"{n}.json").is_file() for n in (name, final)):
+        if not (runner.output / "evaluation" / f"{name}.json").is_file():
             start = time.perf_counter()
             for case in runner.cases:
                 result, nfe, seconds = runner.sample(case, settings, pre)
                 runner.export(name, case, result.probabilities, result.uncertainty, nfe, seconds)
-                runner.export(final, case, result.probabilities, predictive_entropy(result.probabilities), nfe,
-                              seconds)
             runner.evaluate(name)
-            runner.evaluate(final)
             print(f"  seed {seed}: {label}: {time.perf_counter() - start:.1f} s", flush=True)
         log = json.loads((runner.folder(name) / "pdddpm_cases.json").read_text())
-        finals = per_case(runner, final)
         out[key] = {c: {"dice": v["dice"], "lesion_f1": v["lesion_f1"], "entropy_auroc": v["uncertainty_auroc"],
-                        "final_entropy_auroc": finals[c]["uncertainty_auroc"], "nfe": log[c]["nfe"]}
+                        "nfe": log[c]["nfe"]}
                     for c, v in per_case(runner, name).items()}
     return out
 
@@ -108,7 +102,7 @@ def summarise(per_seed: dict[int, dict]) -> list[dict]:
     for key, label in [("nnunet", NNUNET), *((k, SETTINGS[k][0]) for k in keys)]:
         pairs = [(s, c) for s in per_seed for c in per_seed[s][key]]
         value = {m: [per_seed[s][key][c].get(m, float("nan")) for s, c in pairs]
-                 for m in ("dice", "lesion_f1", "entropy_auroc", "final_entropy_auroc", "nfe")}
+                 for m in ("dice", "lesion_f1", "entropy_auroc", "nfe")}
         row = {"setting": label, "n": len(pairs), **{m: nanmean(v) for m, v in value.items()}}
         for against in ("nnunet", DEFAULT):
             if against != key:
@@ -123,10 +117,10 @@ def format_rows(rows: list[dict]) -> str:
         return "" if key not in r else "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r[key])
 
     head = ["setting", "n", "Dice", "ΔDice vs nnU-Net", "ΔDice vs DDIM 5", "lesion F1", "err-AUROC (entropy)",
-            "err-AUROC (H of result)", "NFE/case"]
+            "NFE/case"]
     lines = [head] + [[r["setting"], str(r["n"]), f"{r['dice']:.4f}", ci(r, "delta_dice_vs_nnunet"),
                        ci(r, f"delta_dice_vs_{DEFAULT}"), f"{r['lesion_f1']:.3f}", f"{r['entropy_auroc']:.3f}",
-                       f"{r['final_entropy_auroc']:.3f}", f"{r['nfe']:.0f}"] for r in rows]
+                       f"{r['nfe']:.0f}"] for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))

@@ -207,8 +207,8 @@ def _diffusion_runs(paths: DemoPaths, profile: DemoRunProfile, device: str, seed
     pd_ddpm = {k: v for k, v in profile.pd_ddpm.items() if not (k == "t_prime" and v is None)}
     settings = {"PD-DDPM": dataclasses.replace(base, **pd_ddpm)}
     if profile.vanilla is not None:
-        vanilla = dataclasses.replace(base, **profile.vanilla, vanilla=True, pre_segmentation_weight=0.0,
-                                      confidence_gate=None)  # no pre-segmentation to mix in
+        # with_overrides drops a stored fusion (no pre-segmentation to mix in); replace keeps "steps": None
+        vanilla = dataclasses.replace(base.with_overrides(vanilla=True), **profile.vanilla)
         settings = {"vanilla DDPM": vanilla, **settings}
     common = ["-i", str(paths.images), "-d", str(profile.dataset_id), "-c", profile.configuration,
               "-tr", profile.denoiser_trainer, "-f", str(profile.fold), "-device", device]
