@@ -18,12 +18,12 @@ import os
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
-from os.path import basename, isdir, isfile, join
+from os.path import basename, isfile, join
 
 import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
-from batchgenerators.utilities.file_and_folder_operations import load_json, maybe_mkdir_p
+from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
@@ -32,11 +32,11 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 from tqdm import tqdm
 
-from nnunet_pdddpm.checkpoints import load_checkpoint_safe, state_dict_problem
 from nnunet_pdddpm.diffusion import DiffusionConfig, encode_pre_segmentation
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.image_integrity import image_file_problem, read_image_header
 from nnunet_pdddpm.inference.compiled import DenoiserCache
+from nnunet_pdddpm.inference.denoiser_model import DenoiserModel, denoiser_model, load_denoiser_model
 from nnunet_pdddpm.inference.ensemble_sampling import (
     CaseResult,
     number_of_evaluations,
@@ -50,7 +50,6 @@ from nnunet_pdddpm.inference.export import (
 from nnunet_pdddpm.inference.fusion import fuse_with_pre_segmentation
 from nnunet_pdddpm.inference.input_checks import check_cases, input_cases
 from nnunet_pdddpm.inference.nnunet_entry_points import NNUNetEntryPoints
-from nnunet_pdddpm.inference.nnunet_model import checked_folds
 from nnunet_pdddpm.inference.pre_segmentation import (
     ModelPreSegmenter,
     PreSegmentation,
@@ -58,9 +57,7 @@ from nnunet_pdddpm.inference.pre_segmentation import (
 )
 from nnunet_pdddpm.inference.scores_file import record_case_scores
 from nnunet_pdddpm.inference.settings import DenoiserLimits, PerformanceSettings, SamplingSettings
-from nnunet_pdddpm.inference.t_prime_sweep import read_auto_t_prime
 from nnunet_pdddpm.inference.uncertainty import binary_entropy, case_scores, predictive_entropy
-from nnunet_pdddpm.networks.from_plans import build_denoiser_from_kwargs
 from nnunet_pdddpm.output_names import CASE_SCORES_FILE, UNCERTAINTY_FOLDER, UNCERTAINTY_SUFFIX
 from nnunet_pdddpm.precision import autocast
 from nnunet_pdddpm.probability_files import probability_file_problem
@@ -78,30 +75,6 @@ def _wait_for_exports(pending: set[Future], at_most: int) -> set[Future]:
         if len(pending) <= at_most:
             return pending
         wait(pending, return_when=FIRST_COMPLETED)
-
-
-def _load_denoiser_checkpoint(path: str) -> dict:
-    """Our checkpoints load with the safe unpickler; anything else is refused with a hint."""
-    hint = (f"{path} was not written by PDDDPMTrainer; point -tr at the denoiser, and -preseg_tr at the "
-            f"segmentation model.")
-    try:
-        ckpt = load_checkpoint_safe(path)
-    except PDDDPMUserError as e:
-        if "cannot be loaded safely" in str(e):
-            raise PDDDPMUserError(hint + " (It cannot be loaded with torch.load(weights_only=True).)") from None
-        raise
-    if "pdddpm" not in ckpt:
-        raise PDDDPMUserError(hint)
-    return ckpt
-
-
-def _check_labels(path: str, pdddpm_settings: dict, dataset_labels) -> None:
-    """The mask channels the denoiser was trained on must be the model folder's labels, in the same order."""
-    trained = pdddpm_settings.get("labels")
-    expected = [int(v) for v in dataset_labels]
-    if trained is not None and [int(v) for v in trained] != expected:
-        raise PDDDPMUserError(f"{path} was trained on the labels {trained} but the model folder's dataset.json has "
-                              f"{expected}; use the dataset.json the denoiser was trained with.")
 
 
 def _cropped(result: CaseResult, final: torch.Tensor, revert, uncertainty_kind: str) -> CaseResult:
@@ -126,7 +99,8 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
                  verbose: bool = False, verbose_preprocessing: bool = False, allow_tqdm: bool = True,
                  sampling: SamplingSettings | None = None, performance: PerformanceSettings = PerformanceSettings(),
                  uncertainty_folder: str | None = None):
-        """``sampling=None`` takes T', ensemble size, sampler and steps from the checkpoint's trainer settings.
+        """``sampling=None`` takes T', ensemble size, sampler and steps from the model (its checkpoint's trainer
+        settings, at the swept T').
 
         ``use_mirroring`` applies to the pre-segmenter (nnU-Net's test-time mirroring); the denoiser's
         samples are already an ensemble. ``uncertainty_folder``: where ``predict_from_files`` writes the
@@ -135,89 +109,74 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         super().__init__(tile_step_size, use_gaussian, use_mirroring, perform_everything_on_device, device, verbose,
                          verbose_preprocessing, allow_tqdm)
         self.sampling = sampling
+        self.settings_given = sampling is not None
         self.performance = performance
         self.pre_segmentation: PreSegmentation | None = None
-        self.networks: list[nn.Module] = []
-        self.diffusion_config: DiffusionConfig | None = None
+        self.model: DenoiserModel | None = None
         self.uncertainty_folder = uncertainty_folder
-        self.t_prime_source = "the sampling settings" if sampling is not None else "the denoiser trainer's t_prime"
         self.denoiser_cache = DenoiserCache()  # compiled denoisers survive from case to case
 
     # ---------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
                                              use_folds: tuple | list | None = None,
                                              checkpoint_name: str = "checkpoint_final.pth") -> None:
-        """Load a ``PDDDPMTrainer`` model folder; checkpoints load with ``weights_only=True`` (EMA weights).
+        """Load a ``PDDDPMTrainer`` model folder (:func:`load_denoiser_model`: ``weights_only=True``, EMA weights).
 
         Without explicit sampling settings, T' is the one the final validation's sweep chose for these folds
         (``fold_X/pdddpm_t_prime.json``) when it exists, else the trainer's ``t_prime``; ``t_prime_source``
         says which.
         """
-        folder = model_training_output_dir
-        from_checkpoint = self.sampling is None
-        if not isdir(folder):
-            raise PDDDPMUserError(f"Denoiser model folder {folder} does not exist; train it with nnUNetv2_train "
-                                  f"DATASET CONFIG FOLD -tr PDDDPMTrainer or check -d/-c/-tr/-p.")
-        if not isfile(join(folder, "plans.json")) or not isfile(join(folder, "dataset.json")):
-            raise PDDDPMUserError(f"{folder} is not an nnU-Net model folder (plans.json or dataset.json missing).")
-        folds = checked_folds(folder, use_folds, checkpoint_name, "denoiser")
-        checkpoints = [_load_denoiser_checkpoint(join(folder, f"fold_{f}", checkpoint_name)) for f in folds]
-        first = checkpoints[0]
-        plans_manager = PlansManager(load_json(join(folder, "plans.json")))
-        configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
-        dataset_json = load_json(join(folder, "dataset.json"))
-        networks = []
-        for f, ckpt in zip(folds, checkpoints):
-            path = join(folder, f"fold_{f}", checkpoint_name)
-            _check_labels(path, ckpt["pdddpm"], plans_manager.get_label_manager(dataset_json).all_labels)
-            try:
-                net = build_denoiser_from_kwargs(ckpt["pdddpm"]["denoiser_kwargs"])
-                net.load_state_dict(ckpt["ema"]["weights"])
-            except (KeyError, TypeError, ValueError, RuntimeError) as e:  # edited metadata, or weights of another net
-                raise PDDDPMUserError(f"The weights in {path} do not fit the denoiser its metadata describes "
-                                      f"({state_dict_problem(e)}); the checkpoint is corrupt or was edited: restore "
-                                      f"it or retrain this fold.") from None
-            networks.append(net)
-        self.manual_initialization_pdddpm(networks, plans_manager, configuration_manager, dataset_json,
-                                          first["pdddpm"], first["trainer_name"],
-                                          first.get("inference_allowed_mirroring_axes"))
-        auto = read_auto_t_prime(folder, folds) if from_checkpoint else None
-        if auto is not None:
-            t_prime, where = auto
-            self.sampling = self.sampling.at_t_prime(t_prime)
-            self.t_prime_source = f"the validation sweep ({where})"
-            self.check_settings(self.sampling)
+        self.use_model(load_denoiser_model(model_training_output_dir, use_folds, checkpoint_name))
 
     def manual_initialization_pdddpm(self, networks: list[nn.Module], plans_manager: PlansManager,
                                      configuration_manager, dataset_json: dict, pdddpm_settings: dict,
                                      trainer_name: str, inference_allowed_mirroring_axes) -> None:
         """Initialise from in-memory denoisers (one per fold) and the checkpoint's ``pdddpm`` settings."""
-        self.plans_manager = plans_manager
-        self.configuration_manager = configuration_manager
-        self.dataset_json = dataset_json
-        self.trainer_name = trainer_name
-        self.allowed_mirroring_axes = inference_allowed_mirroring_axes
-        self.label_manager = plans_manager.get_label_manager(dataset_json)
-        self.networks = [net.to(self.device).eval() for net in networks]
-        self.network = self.networks[0]
+        self.use_model(denoiser_model(networks, plans_manager, configuration_manager, dataset_json, pdddpm_settings,
+                                      trainer_name, inference_allowed_mirroring_axes))
+
+    def use_model(self, model: DenoiserModel) -> None:
+        """Sample with ``model`` (its networks moved to this predictor's device); nnU-Net's attributes (plans,
+        configuration, labels, mirroring axes) are the model's."""
+        self.model = replace(model, networks=tuple(net.to(self.device).eval() for net in model.networks))
+        self.plans_manager = model.plans_manager
+        self.configuration_manager = model.configuration_manager
+        self.dataset_json = model.dataset_json
+        self.trainer_name = model.trainer_name
+        self.allowed_mirroring_axes = model.allowed_mirroring_axes
+        self.label_manager = model.label_manager
+        self.network = self.model.networks[0]
         self.list_of_parameters = []
-        self.diffusion_config = DiffusionConfig.from_dict(pdddpm_settings["diffusion"])
-        T = self.diffusion_config.num_train_timesteps
-        self.trained_timesteps = int(pdddpm_settings.get("training", {}).get("timestep_range") or T)
-        if self.sampling is None:
-            self.sampling = SamplingSettings.from_stored(pdddpm_settings["sampling"])
+        self.sampling = model.sampling if self.sampling is None else self.sampling
         self.check_settings(self.sampling)
+
+    @property
+    def networks(self) -> tuple[nn.Module, ...]:
+        return () if self.model is None else self.model.networks
+
+    @property
+    def diffusion_config(self) -> DiffusionConfig | None:
+        return None if self.model is None else self.model.diffusion_config
+
+    @property
+    def trained_timesteps(self) -> int:
+        return self.model.trained_timesteps
+
+    @property
+    def t_prime_source(self) -> str:
+        """Where the predictor's T' came from: the model's (sweep file or trainer) unless settings were given to the
+        constructor."""
+        return "the sampling settings" if self.settings_given else self.model.t_prime_source
 
     @property
     def limits(self) -> DenoiserLimits:
         """What this denoiser allows (T, trained timesteps, folds, classes): what settings are resolved against."""
-        return DenoiserLimits(self.diffusion_config.num_train_timesteps, self.trained_timesteps, len(self.networks),
-                              self.label_manager.num_segmentation_heads, self.trainer_name)
+        return self.model.limits
 
     def check_settings(self, settings: SamplingSettings) -> None:
         """Raise :class:`PDDDPMUserError` (one sentence) for settings invalid for this denoiser, before any work
         (:meth:`SamplingSettings.resolve`, where T' came from as the T' source)."""
-        own = self.sampling is not None and settings.t_prime == self.sampling.t_prime
+        own = settings.t_prime == self.sampling.t_prime
         settings.resolve(self.limits, self.t_prime_source if own else "-t_prime")
 
     def configure(self, sampling: SamplingSettings | None = None,

@@ -4,6 +4,7 @@ The calls are listed from nnU-Net itself, so a call a new nnU-Net version adds f
 Sampling is seeded per case name (or seed 0 without one), so the same case predicted through two calls must give
 the same arrays: the calls are checked against each other on the tiny trained models.
 """
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def check_initialize_from_trained_model_folder(request):
     assert p.sampling.ensemble_size == ckpt["pdddpm"]["sampling"]["ensemble_size"]
     weights = p.networks[0].state_dict()
     assert all(torch.equal(weights[k], v) for k, v in ckpt["ema"]["weights"].items())  # the EMA weights
+    # what was loaded is one frozen model: its settings cannot be changed behind the predictor's back
+    assert p.model.networks == tuple(p.networks) and p.model.trained_timesteps == p.limits.trained_timesteps
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.model.sampling = SamplingSettings()
 
 
 def check_auto_detect_available_folds(request):
