@@ -5,6 +5,7 @@ The trained models are the short variants ``PDDDPMAttUNetTrainer_tiny`` (pre-seg
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from synthetic import make_dataset  # noqa: E402
 
 DATASET_ID = 991
 DATASET = "Dataset991_Tiny"
+ROOT = Path(__file__).resolve().parents[1]  # the repository (benchmarks/ is not installed)
 
 
 def nnunet_env(root: Path) -> dict:
@@ -42,6 +44,45 @@ def run_cli(args: list[str], env: dict, timeout: int = 600) -> subprocess.Comple
     return proc
 
 
+_REFUSAL_DRIVER = """
+import contextlib, importlib, io, json, sys, traceback
+main = importlib.import_module(sys.argv[1]).main
+results = []
+for argv in json.loads(sys.stdin.read()):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            code = -1
+            err.write(traceback.format_exc())
+    results.append([code, err.getvalue()])
+print("REFUSALS " + json.dumps(results))
+"""
+
+
+def cli_refusals(module: str, argvs: list[list[str]], env: dict) -> list[str]:
+    """The ``error:`` sentence of each refused command line, run through ``module.main`` (the console script's
+    function, ``cli_entry`` included) in one process, so that the imports are paid once, not once per refusal.
+
+    Each command must exit 2 with exactly one ``error:`` line and no traceback.
+    """
+    proc = subprocess.run([sys.executable, "-c", _REFUSAL_DRIVER, module], input=json.dumps(argvs), env=env,
+                          capture_output=True, text=True, timeout=600)
+    marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("REFUSALS ")]
+    assert proc.returncode == 0 and marker, proc.stdout[-4000:] + proc.stderr[-4000:]
+    lines = []
+    for argv, (code, stderr) in zip(argvs, json.loads(marker[-1][len("REFUSALS "):])):
+        assert code == 2 and "Traceback" not in stderr, f"{argv}: exit {code}\n{stderr}"
+        errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1, f"{argv}:\n{stderr}"
+        lines.append(errors[0])
+    return lines
+
+
 @pytest.fixture(scope="session")
 def nnunet_root(tmp_path_factory) -> Path:
     """Raw dataset + nnUNetv2_plan_and_preprocess (2d and 3d_fullres)."""
@@ -59,6 +100,22 @@ def trained(nnunet_root) -> Path:
     run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "PDDDPMAttUNetTrainer_tiny", "-device", "cpu"], env)
     run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "PDDDPMTrainer_tiny", "-device", "cpu"], env)
     return nnunet_root
+
+
+@pytest.fixture(scope="session")
+def refiner_quick(tmp_path_factory) -> Path:
+    """``benchmarks/benchmark_refiner.py --quick`` run once (its tiny dataset, plain nnU-Net on five folds, the refiner,
+    the same nnU-Net trained more, a second seed's nnU-Net, the table): its work folder. The fidelity benchmark's
+    quick test runs in the same folder and reuses its dataset and preprocessing."""
+    work = tmp_path_factory.mktemp("refiner")
+    env = dict(os.environ, OMP_NUM_THREADS="1", nnUNet_n_proc_DA="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "benchmarks.benchmark_refiner", "-o", str(work), "--quick", "--seeds", "0",
+               "--num_processes", "1", "--jobs", "2"]  # two trainings at a time: the parallel path too
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PD-DDPM refiner" in proc.stdout and "plateau check" in proc.stdout
+    return work
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_quick_mode_trains_samples_and_pairs_against_the_pre_segmenter(tmp_path):
+def test_quick_mode_trains_samples_and_pairs_against_the_pre_segmenter(refiner_quick):
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
-    work = tmp_path / "work"
+    work = refiner_quick  # the same tiny dataset, generated and preprocessed once; the models here are its own
     proc = subprocess.run([sys.executable, "-m", "benchmarks.benchmark_fidelity", "-o", str(work), "--quick",
                            "--seeds", "0", "--denoisers", "PDDDPMTrainer_tiny_preseg", "--starts", "hard", "soft"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)

@@ -1,6 +1,7 @@
 """``nnunet_pdddpm_predict`` end to end on generated NIfTI files, and its refusals of bad input."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -8,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import DATASET, DATASET_ID, nnunet_env, run_cli
+from conftest import DATASET, DATASET_ID, cli_refusals, nnunet_env, run_cli
 
 COMMON = ["-d", str(DATASET_ID), "-c", "2d", "-tr", "PDDDPMTrainer_tiny", "-preseg_tr", "PDDDPMAttUNetTrainer_tiny",
           "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "-t_prime", "30", "-ensemble_size", "2",
           "--disable_progress_bar"]
+PREDICT = "nnunet_pdddpm.cli.predict"
 
 
 def predict(env, inp, out, *extra):
@@ -47,10 +49,13 @@ def test_outputs_keep_input_geometry_and_labels(first_run):
         assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1}
         assert unc.GetPixelID() == sitk.sitkFloat32
         u = sitk.GetArrayFromImage(unc)
-        assert u.min() >= 0 and np.isfinite(u).all()
         probs = np.load(out / f"{case}.npz")["probabilities"]
         assert probs.shape == (2, *sitk.GetArrayFromImage(ref).shape)
         np.testing.assert_allclose(probs.sum(0), 1, atol=1e-4)
+        # the variance of the members' probabilities (two classes: both the same) is positive where they disagree
+        # and at most p(1 - p) for their mean p (Bhatia-Davis bound for values in [0, 1])
+        assert np.isfinite(u).all() and u.max() > 0
+        assert (u <= probs[1] * (1 - probs[1]) + 1e-5).all(), float((u - probs[1] * (1 - probs[1])).max())
         # segmentation is the mean foreground probability thresholded at 0.5 (binary dataset)
         assert np.mean((probs[1] > 0.5) == (sitk.GetArrayFromImage(seg) == 1)) > 0.999
     assert not list(out.rglob(".pdddpm_partial"))
@@ -119,36 +124,32 @@ def _fails(env, args):
 
 def test_bad_inputs_get_one_clear_sentence(first_run, tmp_path):
     root, env, _ = first_run
-    inp = root / "raw" / DATASET / "imagesTs"
-    assert "-o must differ from -i" in _fails(env, ["-i", str(inp), "-o", str(inp), *COMMON])
-    assert "-t_prime must be between 0 and T=1000" in _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"),
-                                                                   *COMMON, "-t_prime", "2000"])
-    assert "-ensemble_size must be at least 1" in _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"),
-                                                           *COMMON, "-ensemble_size", "0"])
-    assert "does not exist" in _fails(env, ["-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), *COMMON])
+    inp, out = root / "raw" / DATASET / "imagesTs", str(tmp_path / "o")
     bad = tmp_path / "extra_channel"
     shutil.copytree(inp, bad)
     shutil.copy(bad / "case_008_0000.nii.gz", bad / "case_008_0001.nii.gz")
-    assert "Case case_008 has 2 channel files but the model expects 1" in _fails(
-        env, ["-i", str(bad), "-o", str(tmp_path / "o"), *COMMON])
-    msg = _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"), *COMMON, "-preseg_tr", "nnUNetTrainer"])
-    assert "Pre-segmentation model folder" in msg and "does not exist" in msg
-    msg = _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o"), *COMMON, "-tr", "PDDDPMAttUNetTrainer_tiny"])
-    assert "was not written by PDDDPMTrainer" in msg
-    assert not (tmp_path / "o").exists() or not any(p.suffix == ".gz" for p in (tmp_path / "o").rglob("*"))
-
-
-def test_bad_fusion_and_uncertainty_flags_get_one_clear_sentence(first_run, tmp_path):
-    root, env, _ = first_run
-    args = ["-i", str(root / "raw" / DATASET / "imagesTs"), "-o", str(tmp_path / "o"), *COMMON]
-    assert "-preseg_weight must be in [0, 1], got 1.5." in _fails(env, [*args, "-preseg_weight", "1.5"])
-    assert "-confidence_gate must be in (1/K, 1]" in _fails(env, [*args, "-confidence_gate", "0"])
-    assert "--vanilla does not use" in _fails(env, [*args, "-confidence_gate", "0.9", "--vanilla"])
-    # known only once the model is loaded: two classes, so the gate must exceed 1/2
-    assert "-confidence_gate must be above 1/K = 0.5" in _fails(env, [*args, "-confidence_gate", "0.5"])
-    assert "variance and entropy only" in _fails(env, [*args, "-uncertainty", "mutual_information",
-                                                       "--uncertainty_per_class"])
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.json"))
+    args = ["-i", str(inp), "-o", out, *COMMON]
+    refusals = {
+        "-o must differ from -i": ["-i", str(inp), "-o", str(inp), *COMMON],
+        "-t_prime must be between 0 and T=1000": [*args, "-t_prime", "2000"],
+        "-ensemble_size must be at least 1": [*args, "-ensemble_size", "0"],
+        "does not exist": ["-i", str(tmp_path / "missing"), "-o", out, *COMMON],
+        "Case case_008 has 2 channel files but the model expects 1": ["-i", str(bad), "-o", out, *COMMON],
+        "Pre-segmentation model folder .* does not exist": [*args, "-preseg_tr", "nnUNetTrainer"],
+        "was not written by PDDDPMTrainer": [*args, "-tr", "PDDDPMAttUNetTrainer_tiny"],
+        # fusion and uncertainty flags
+        "-preseg_weight must be in [0, 1], got 1.5.": [*args, "-preseg_weight", "1.5"],
+        "-confidence_gate must be in (1/K, 1]": [*args, "-confidence_gate", "0"],
+        "--vanilla does not use": [*args, "-confidence_gate", "0.9", "--vanilla"],
+        # known only once the model is loaded: two classes, so the gate must exceed 1/2
+        "-confidence_gate must be above 1/K = 0.5": [*args, "-confidence_gate", "0.5"],
+        "variance and entropy only": [*args, "-uncertainty", "mutual_information", "--uncertainty_per_class"],
+    }
+    for expected, line in zip(refusals, cli_refusals(PREDICT, list(refusals.values()), env)):
+        assert re.search(expected, line) if ".*" in expected else expected in line, (expected, line)
+    assert not (tmp_path / "o").exists() or not any(p.is_file() for p in (tmp_path / "o").rglob("*"))
+    # the console script itself: same sentence, exit 2, no traceback
+    assert "-ensemble_size must be at least 1" in _fails(env, [*args, "-ensemble_size", "0"])
 
 
 def test_help_explains_every_flag():

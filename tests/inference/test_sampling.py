@@ -78,8 +78,9 @@ def test_t_prime_T_with_zero_pre_segmentation_equals_vanilla(env, case):
 
 def test_one_batch_equals_members_one_by_one(env, pre_segmenter, case):
     data, props = case
-    batched = make_predictor(env, pre_segmenter, ensemble_size=3, max_batch_size=64, sampler="ddpm", steps=None)
-    single = make_predictor(env, pre_segmenter, ensemble_size=3, max_batch_size=1, sampler="ddpm", steps=None)
+    kw = dict(ensemble_size=3, t_prime=6, sampler="ddpm", steps=None)  # every step from T' = 6: DDPM's noise draws
+    batched = make_predictor(env, pre_segmenter, max_batch_size=64, **kw)
+    single = make_predictor(env, pre_segmenter, max_batch_size=1, **kw)
     a = batched.predict_case(data, props, "case_003")
     b = single.predict_case(data, props, "case_003")
     torch.testing.assert_close(a.probabilities, b.probabilities, atol=1e-5, rtol=0)

@@ -13,7 +13,9 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from conftest import DATASET, DATASET_ID, nnunet_env
@@ -98,20 +100,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("refiner")
-    env = dict(os.environ, OMP_NUM_THREADS="1", nnUNet_n_proc_DA="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-m", "benchmarks.benchmark_refiner", "-o", str(work), "--quick", "--seeds", "0",
-               "--num_processes", "1", "--jobs", "2"]  # two trainings at a time: the parallel path too
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "PD-DDPM refiner" in proc.stdout and "plateau check" in proc.stdout
-    return work
+def quick(refiner_quick) -> Path:
+    return refiner_quick
 
 
 def _folder(work: Path, trainer: str, seed: int = 0) -> Path:
     return work / f"results_seed{seed}" / QUICK_DATASET / f"{trainer}__nnUNetPlans__2d"
+
+
+def _dice_and_auroc(work: Path, folder: Path) -> list[tuple[float, float]]:
+    """(Dice of label 1, error-AUROC of the uncertainty map) per case of a predictions folder, in NumPy: the AUROC
+    counts every (error, correct) voxel pair (ties half)."""
+    def read(path: Path) -> np.ndarray:
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+    per_case = []
+    for seg_file in sorted(folder.glob("*.nii.gz")):
+        seg, ref = read(seg_file) == 1, read(work / "nnUNet_raw" / QUICK_DATASET / "labelsTs" / seg_file.name) == 1
+        dice = 2 * (seg & ref).sum() / (seg.sum() + ref.sum())
+        error = seg != ref
+        u = read(folder / "uncertainty" / f"{seg_file.name[:-len('.nii.gz')]}_uncertainty.nii.gz").astype(np.float64)
+        pairs = u[error].ravel()[:, None] - u[~error].ravel()[None, :]
+        per_case.append((float(dice), float((pairs > 0).mean() + 0.5 * (pairs == 0).mean())))
+    assert len(per_case) == 2
+    return per_case
 
 
 @pytest.mark.slow
@@ -134,11 +146,19 @@ def test_benchmark_rows_and_uncertainty_figures(quick) -> None:
     methods = {r["method"] for r in result["rows"]}
     assert {"nnU-Net", "nnU-Net + refiner's budget", "2 nnU-Nets (seeds) averaged", "PD-DDPM refiner"} <= methods
     for row in result["rows"]:
-        assert row["cases"] == 2 and 0 <= row["dice"] <= 1
-        assert all(0 <= v <= 1 for v in row["error_auroc"].values())
+        assert row["cases"] == 2
         assert all(v == v for v in row["aurc"].values())  # finite AURC for every case score
         assert row["aurc"] and min(row["aurc"].values()) >= row["aurc_optimal"] - 1e-12
     refiner = next(r for r in result["rows"] if r["method"] == "PD-DDPM refiner")
+    # the rows' Dice and error-AUROC against NumPy on the files the benchmark wrote (Dice of the label; AUROC by
+    # counting every (error, correct) voxel pair)
+    predictions = quick / "sampling" / "seed0" / "nnunet" / "predictions"
+    nnunet = next(r for r in result["rows"] if r["method"] == "nnU-Net")
+    assert nnunet["dice"] == pytest.approx(np.mean([d for d, _ in _dice_and_auroc(quick, predictions / "nnunet")]),
+                                           abs=1e-6)
+    entropy_run = _dice_and_auroc(quick, predictions / f"refiner_t{refiner['t_prime_per_seed']['0']}_entropy")
+    assert refiner["dice"] == pytest.approx(np.mean([d for d, _ in entropy_run]), abs=1e-6)
+    assert refiner["error_auroc"]["entropy"] == pytest.approx(np.mean([a for _, a in entropy_run]), abs=1e-6)
     assert set(refiner["error_auroc"]) >= {"variance", "entropy"}
     assert "delta_dice_vs_more" in refiner and "delta_dice_vs_ensemble" in refiner
     assert len(result["learning_curves"]["0"]["mean_fg_dice"]) == 2  # the tiny run's two epochs
@@ -206,6 +226,35 @@ def test_warm_started_trainer_predicts_its_nnunets_softmax_and_trains_on_out_of_
         # x_t at index 0 is sqrt(ab) x0 + sqrt(1 - ab) eps with sqrt(1 - ab) ~ 0.006: within 0.05 everywhere
         assert torch.allclose(x_t[i], 2 * probabilities - 1, atol=0.05), key
         assert ((probabilities > 0.05) & (probabilities < 0.95)).any()  # soft values, not a one-hot mask
+
+
+@pytest.mark.slow
+def test_the_papers_recipe_trains_on_the_argmax_of_the_fold_that_held_each_case_out(quick, monkeypatch) -> None:
+    """Hard out-of-fold starts (the paper's recipe with ``pre_segmentation_source = "out_of_fold"``): at index 0
+    each sample's mask is the one-hot argmax of the fold that held its case out, on the benchmark's five folds."""
+    from nnunet_pdddpm import PDDDPMTrainer_tiny
+
+    hard = type("PDDDPMTrainer_tinyOOF", (PDDDPMTrainer_tiny,), {
+        "diffusion_config": DiffusionConfig(prediction_type="sample", output_activation="softmax"),
+        "pre_segmentation_errors": 1.0, "pre_segmentation_source": "out_of_fold",
+        "pre_segmenter_trainers": ("nnUNetTrainer_tiny",)})
+    trainer = _quick_trainer(quick, hard, monkeypatch)
+    assert trainer.pdddpm_settings()["training"]["pre_segmentation_source"] == "out_of_fold"
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    loader, _ = trainer.get_dataloaders()
+    batch = next(loader)
+    monkeypatch.setattr(trainer, "draw_timesteps", lambda b: torch.zeros((b,), dtype=torch.long))
+    seen = []
+    trainer.network.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    trainer.train_step(batch)
+    mask = seen[0][:, batch["data"].shape[1]:] > 0  # at index 0, x_t is x_0 up to noise of sd 0.006
+    splits = load_json(quick / "nnUNet_preprocessed" / QUICK_DATASET / "splits_final.json")
+    holder = {key: fold for fold, split in enumerate(splits) for key in split["val"]}
+    nnunet = _folder(quick, "nnUNetTrainer_tiny")
+    for i, key in enumerate(batch["keys"]):
+        assert holder[key] != 0  # a training case of fold 0...
+        argmax = _fold_logits(nnunet, holder[key], batch["data"][i:i + 1].float()).argmax(1)  # ...its holder's
+        assert torch.equal(mask[i], torch.cat([argmax == 0, argmax == 1])), key
 
 
 # ---------------------------------------------------------------- the default recipe and resuming across recipes
@@ -326,23 +375,8 @@ def test_sampling_study_compares_fast_fused_and_gated_sampling(quick) -> None:
     assert "delta_dice_vs_ddim5" not in default and len(fused["delta_dice_vs_ddim5"]) == 3
     # the error-AUROC of the map predict writes, with fusion the entropy of the delivered probabilities (fused
     # against the ensemble's NumPy entropy in test_sampling.py), counted over every (error, correct) voxel pair
-    import numpy as np
-    import SimpleITK as sitk
-
-    def read(path: Path) -> np.ndarray:
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-
-    folder = quick / "sampling" / "seed0" / "nnunet" / "predictions" / "study_t10_fused"
-    per_case = []
-    for seg_file in sorted(folder.glob("*.nii.gz")):
-        case = seg_file.name[:-len(".nii.gz")]
-        error = (read(seg_file) == 1) != (read(quick / "nnUNet_raw" / QUICK_DATASET / "labelsTs" / seg_file.name) == 1)
-        u = read(folder / "uncertainty" / f"{case}_uncertainty.nii.gz").astype(np.float64)
-        if error.any() and (~error).any():
-            pairs = u[error].ravel()[:, None] - u[~error].ravel()[None, :]
-            per_case.append(float((pairs > 0).mean() + 0.5 * (pairs == 0).mean()))
-    assert len(per_case) == 2
-    assert fused["entropy_auroc"] == pytest.approx(np.mean(per_case), abs=1e-6)
+    per_case = _dice_and_auroc(quick, quick / "sampling" / "seed0" / "nnunet" / "predictions" / "study_t10_fused")
+    assert fused["entropy_auroc"] == pytest.approx(np.mean([a for _, a in per_case]), abs=1e-6)
 
 
 def test_a_trainer_made_in_python_leaves_the_excepthook_alone(nnunet_root, monkeypatch) -> None:
