@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,22 +84,61 @@ def cli_refusals(module: str, argvs: list[list[str]], env: dict) -> list[str]:
     return lines
 
 
-@pytest.fixture(scope="session")
-def nnunet_root(tmp_path_factory) -> Path:
-    """Raw dataset + nnUNetv2_plan_and_preprocess (2d and 3d_fullres)."""
-    root = tmp_path_factory.mktemp("nnunet")
+def _built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` once per test run and a private copy of it for this process.
+
+    Under pytest-xdist every worker is its own process with its own session fixtures: the first worker to ask
+    builds the folder under a file lock, the others wait for it, and each gets a copy, so that what one worker's
+    tests write (predictions, more folds) never reaches another's.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / f"shared_{name}"
+    with FileLock(f"{shared}.lock"):
+        if not (shared.parent / f"{shared.name}.done").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir()
+            build(shared)
+            (shared.parent / f"{shared.name}.done").touch()
+    copy = tmp_path_factory.mktemp(name)
+    shutil.copytree(shared, copy, symlinks=True, dirs_exist_ok=True)
+    return copy
+
+
+def _plan(root: Path) -> None:
     make_dataset(root / "raw", DATASET_ID)
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "3d_fullres", "-np", "1", "-npfp",
              "1", "--verify_dataset_integrity"], nnunet_env(root))
-    return root
+
+
+def _plan_and_train(root: Path) -> None:
+    _plan(root)
+    env = nnunet_env(root)
+    run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "PDDDPMAttUNetTrainer_tiny", "-device", "cpu"], env)
+    run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "PDDDPMTrainer_tiny", "-device", "cpu"], env)
 
 
 @pytest.fixture(scope="session")
-def trained(nnunet_root) -> Path:
-    """Both tiny models trained on fold 0 of the 2d configuration through ``nnUNetv2_train``."""
-    env = nnunet_env(nnunet_root)
-    run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "PDDDPMAttUNetTrainer_tiny", "-device", "cpu"], env)
-    run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "PDDDPMTrainer_tiny", "-device", "cpu"], env)
+def nnunet_root(tmp_path_factory) -> Path:
+    """Raw dataset + nnUNetv2_plan_and_preprocess (2d and 3d_fullres)."""
+    return _built_once(tmp_path_factory, "nnunet", _plan)
+
+
+@pytest.fixture(scope="session")
+def trained(nnunet_root, tmp_path_factory) -> Path:
+    """Both tiny models trained on fold 0 of the 2d configuration through ``nnUNetv2_train``, in ``nnunet_root``."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        env = nnunet_env(nnunet_root)
+        for trainer in ("PDDDPMAttUNetTrainer_tiny", "PDDDPMTrainer_tiny"):
+            run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"], env)
+        return nnunet_root
+    built = _built_once(tmp_path_factory, "nnunet_trained", _plan_and_train)
+    for part in ("raw", "preprocessed", "results"):  # the data the models saw, their split file and results
+        shutil.copytree(built / part, nnunet_root / part, symlinks=True, dirs_exist_ok=True)
     return nnunet_root
 
 
@@ -107,15 +147,16 @@ def refiner_quick(tmp_path_factory) -> Path:
     """``benchmarks/benchmark_refiner.py --quick`` run once (its tiny dataset, plain nnU-Net on five folds, the refiner,
     the same nnU-Net trained more, a second seed's nnU-Net, the table): its work folder. The fidelity benchmark's
     quick test runs in the same folder and reuses its dataset and preprocessing."""
-    work = tmp_path_factory.mktemp("refiner")
-    env = dict(os.environ, OMP_NUM_THREADS="1", nnUNet_n_proc_DA="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-m", "benchmarks.benchmark_refiner", "-o", str(work), "--quick", "--seeds", "0",
-               "--num_processes", "1", "--jobs", "2"]  # two trainings at a time: the parallel path too
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "PD-DDPM refiner" in proc.stdout and "plateau check" in proc.stdout
-    return work
+    def run(work: Path) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS="1", nnUNet_n_proc_DA="1",
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        command = [sys.executable, "-m", "benchmarks.benchmark_refiner", "-o", str(work), "--quick", "--seeds", "0",
+                   "--num_processes", "1", "--jobs", "2"]  # two trainings at a time: the parallel path too
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "PD-DDPM refiner" in proc.stdout and "plateau check" in proc.stdout
+
+    return _built_once(tmp_path_factory, "refiner", run)
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +188,19 @@ def make_trainer(root: Path, trainer_class, monkeypatch, configuration: str = "2
     trainer = trainer_class(plans, configuration, 0, load_json(pre / "dataset.json"), torch.device("cpu"))
     trainer.initialize()
     return trainer
+
+
+# the longest files first, so that the two workers finish together (pytest-xdist's --dist loadfile hands files out
+# in collection order); the fidelity benchmark comes later, when the refiner's quick run it reuses is built
+LONGEST_FILES = ("test_refiner.py", "test_demo_pipeline.py", "test_interruptions.py", "test_benchmark_script.py",
+                 "test_predict_cli.py", "test_3d_multiclass.py", "test_predictor_contract.py", "test_sampling.py",
+                 "test_benchmark_fidelity.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the longest test files first (see ``LONGEST_FILES``); the order within a file is kept."""
+    def rank(item) -> int:
+        file = item.nodeid.split("::")[0]
+        return next((n for n, name in enumerate(LONGEST_FILES) if file.endswith(name)), len(LONGEST_FILES))
+
+    items.sort(key=rank)
