@@ -60,7 +60,6 @@ def test_quick_mode_trains_samples_and_pairs_against_the_pre_segmenter(refiner_q
 
 
 def test_out_of_fold_denoiser_brings_its_pre_segmenter_folds_and_pairs_only_with_it():
-    sys.path.insert(0, str(ROOT))
     from benchmarks.benchmark_fidelity import extra_pre_segmenter_folds, pairs_with
 
     pre_segmenters = ("nnUNetTrainer_demoCPU", "PDDDPMAttUNetTrainer_demoCPU")

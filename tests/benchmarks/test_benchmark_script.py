@@ -70,11 +70,9 @@ def test_dataset_mode_on_the_tiny_trained_models(trained, tmp_path):
     assert rows["PD-DDPM T'=300 x2 ddpm (3 steps)"]["nfe_per_case"] == 10 * 2 * 3
 
 
-def test_wmh_preset_is_the_default_trainer_on_a_wmh_sized_scan(monkeypatch):
+def test_wmh_preset_is_the_default_trainer_on_a_wmh_sized_scan():
     """The ``wmh`` preset measures what a user gets: PDDDPMTrainer's denoiser, one patch per 200x240 slice."""
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
-
-    monkeypatch.syspath_prepend(str(ROOT))  # the repository's benchmarks/ package (not installed)
 
     from benchmarks.synthetic import NUM_IMAGE_CHANNELS, PRESETS, synthetic_denoiser, synthetic_plans
     from nnunet_pdddpm import PDDDPMTrainer
