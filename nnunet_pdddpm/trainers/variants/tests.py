@@ -3,6 +3,11 @@ validation sampling.
 """
 from __future__ import annotations
 
+import multiprocessing
+from contextlib import contextmanager
+from multiprocessing.pool import ThreadPool
+from typing import Any, Iterator
+
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_pdddpm.trainers.attunet_trainer import PDDDPMAttUNetTrainer
@@ -19,7 +24,46 @@ from nnunet_pdddpm.trainers.variants.mixins import (
 
 _TINY_RUN = {"num_epochs": 2, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 2}
 
-class PDDDPMTrainer_tiny(_InitSettings, PDDDPMTrainer_paper):
+
+class _ThreadsForSpawn:
+    """A multiprocessing context whose ``Pool`` is a thread pool; everything else is the real spawn context's."""
+
+    def __init__(self, context: Any):
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return ThreadPool if name == "Pool" else getattr(self._context, name)
+
+
+@contextmanager
+def _spawn_pools_as_threads() -> Iterator[None]:
+    original = multiprocessing.get_context
+
+    def get_context(method: str | None = None) -> Any:
+        context = original(method)
+        return _ThreadsForSpawn(context) if method == "spawn" else context
+
+    multiprocessing.get_context = get_context
+    try:
+        yield
+    finally:
+        multiprocessing.get_context = original
+
+
+class _ValidationPoolsInThreads:
+    """nnU-Net's own final validation, with its two ``spawn`` pools (export, then metrics) as thread pools.
+
+    A spawned worker re-imports the whole training stack before it exports anything (8-20 s each on a 2-core
+    machine), which is most of a tiny run's wall time; the validation code, its files and its metrics are
+    nnU-Net's unchanged. Tiny segmenters only: the full-size trainers keep nnU-Net's processes.
+    """
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        with _spawn_pools_as_threads():
+            super().perform_actual_validation(save_probabilities)
+
+
+class PDDDPMTrainer_tiny(_ValidationPoolsInThreads, _InitSettings, PDDDPMTrainer_paper):
     base_features = 8
     max_features = 32
     t_prime = 20
@@ -35,11 +79,11 @@ class PDDDPMTrainer_tiny_preseg(_SegmentationOutput, _PreSegmenterErrors, PDDDPM
     timestep_range = 40
 
 
-class PDDDPMAttUNetTrainer_tiny(_InitSettings, PDDDPMAttUNetTrainer):
+class PDDDPMAttUNetTrainer_tiny(_ValidationPoolsInThreads, _InitSettings, PDDDPMAttUNetTrainer):
     init_settings = _TINY_RUN
 
 
-class nnUNetTrainer_tiny(_NarrowNetwork, _InitSettings, SeededTrainingMixin, nnUNetTrainer):
+class nnUNetTrainer_tiny(_ValidationPoolsInThreads, _NarrowNetwork, _InitSettings, SeededTrainingMixin, nnUNetTrainer):
     """Plain nnU-Net at the tiny denoiser's width (8-32), a few iterations: the refiner's starting point in tests."""
 
     base_features = 8
