@@ -190,11 +190,15 @@ def make_trainer(root: Path, trainer_class, monkeypatch, configuration: str = "2
     return trainer
 
 
-# the longest files first, so that the two workers finish together (pytest-xdist's --dist loadfile hands files out
-# in collection order); the fidelity benchmark comes later, when the refiner's quick run it reuses is built
-LONGEST_FILES = ("test_refiner.py", "test_demo_pipeline.py", "test_interruptions.py", "test_benchmark_script.py",
-                 "test_predict_cli.py", "test_3d_multiclass.py", "test_predictor_contract.py", "test_sampling.py",
-                 "test_benchmark_fidelity.py")
+# the longest files first, so that the two workers finish together (pytest-xdist's --dist loadfile with
+# --no-loadscope-reorder hands files out in this order, the next one to whichever worker is nearly done). The first
+# two build the shared fixtures side by side: test_refiner.py the refiner's quick run, test_interruptions.py the
+# trained tiny models that most later files need; the fidelity benchmark, which reuses the refiner's quick run, is
+# the last of these.
+LONGEST_FILES = ("test_refiner.py", "test_interruptions.py", "test_demo_pipeline.py", "test_3d_multiclass.py",
+                 "test_predict_cli.py", "test_predictor_contract.py", "test_fuzz_table.py", "test_sampling.py",
+                 "test_fuzz_table_contracts.py", "test_t_prime_sweep.py", "test_benchmark_script.py",
+                 "test_training_e2e.py", "test_benchmark_fidelity.py")
 
 
 def pytest_collection_modifyitems(config, items):
