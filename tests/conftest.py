@@ -121,11 +121,15 @@ def _plan(root: Path) -> None:
              "1", "--verify_dataset_integrity"], nnunet_env(root))
 
 
+def _train(root: Path) -> None:
+    env = nnunet_env(root)
+    for trainer in ("PDDDPMAttUNetTrainer_tiny", "PDDDPMTrainer_tiny"):
+        run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"], env)
+
+
 def _plan_and_train(root: Path) -> None:
     _plan(root)
-    env = nnunet_env(root)
-    run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "PDDDPMAttUNetTrainer_tiny", "-device", "cpu"], env)
-    run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", "PDDDPMTrainer_tiny", "-device", "cpu"], env)
+    _train(root)
 
 
 @pytest.fixture(scope="session")
@@ -138,9 +142,7 @@ def nnunet_root(tmp_path_factory) -> Path:
 def trained(nnunet_root, tmp_path_factory) -> Path:
     """Both tiny models trained on fold 0 of the 2d configuration through ``nnUNetv2_train``, in ``nnunet_root``."""
     if os.environ.get("PYTEST_XDIST_WORKER") is None:
-        env = nnunet_env(nnunet_root)
-        for trainer in ("PDDDPMAttUNetTrainer_tiny", "PDDDPMTrainer_tiny"):
-            run_cli(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"], env)
+        _train(nnunet_root)
         return nnunet_root
     built = _built_once(tmp_path_factory, "nnunet_trained", _plan_and_train)
     for part in ("raw", "preprocessed", "results"):  # the data the models saw, their split file and results
