@@ -78,7 +78,13 @@ def main(argv: list[str] | None = None) -> dict:
     from nnunet_pdddpm.diffusion.encoding import hard_onehot
     from nnunet_pdddpm.discovery import ensure_trainer_discovery
     from nnunet_pdddpm.inference.batching import estimate_sample_bytes
-    from nnunet_pdddpm.inference.ensemble_sampling import number_of_evaluations, sample_case
+    from nnunet_pdddpm.inference.ensemble_sampling import (
+        CaseWindows,
+        FoldDenoisers,
+        SamplingRun,
+        number_of_evaluations,
+        sample_case,
+    )
     from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
     from nnunet_pdddpm.precision import autocast
 
@@ -117,8 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
         nfe = number_of_evaluations(len(slicers), 1, settings, args.t_prime)
 
         def sample():
-            return sample_case([network], padded, x0_pre, slicers, gaussian, settings, performance, config, key, device,
-                               lambda: autocast(device))
+            return sample_case(FoldDenoisers((network,), config), CaseWindows(padded, x0_pre, slicers, gaussian),
+                               settings, key, SamplingRun(performance, device, lambda: autocast(device)))
 
         for _ in range(args.warmup if not rows else 0):
             sample()

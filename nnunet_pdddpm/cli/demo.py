@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     if profile == "gpu" and args.device is None and not torch.cuda.is_available():
         raise PDDDPMUserError("The gpu profile needs a CUDA GPU; use -profile cpu (or pass -device cpu to run it "
                               "slowly on the CPU).")
+    if args.num_processes is not None and args.num_processes < 1:  # -np 0 is not "the default"
+        raise PDDDPMUserError(f"-np must be at least 1, got {args.num_processes}.")
     num_processes = args.num_processes or max(1, min(8, (os.cpu_count() or 2) // 2))
-    if num_processes < 1:
-        raise PDDDPMUserError(f"-np must be at least 1, got {num_processes}.")
     if args.figures < 0:
         raise PDDDPMUserError(f"-figures must be at least 0, got {args.figures}.")
     from nnunet_pdddpm.demo.pipeline import run_demo

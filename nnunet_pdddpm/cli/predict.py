@@ -16,7 +16,7 @@ from nnunet_pdddpm.cli.checks import (
     dataset_name,
 )
 from nnunet_pdddpm.errors import PDDDPMUserError, cli_entry
-from nnunet_pdddpm.inference.settings import check_steps_within_t_prime
+from nnunet_pdddpm.inference.settings import check_at_least, check_steps_within_t_prime
 from nnunet_pdddpm.io_utils import LOCK_FILE, output_folder_lock
 
 
@@ -67,6 +67,8 @@ def validate_args(args: argparse.Namespace) -> None:
     check_output_folder("-o", args.o)
     if args.o_uncertainty is not None:
         check_output_folder("-o_uncertainty", args.o_uncertainty)
+    check_at_least("-npp", args.npp, 1)
+    check_at_least("-nps", args.nps, 1)
     if args.num_parts < 1:
         raise PDDDPMUserError(f"-num_parts must be at least 1, got {args.num_parts}.")
     if not 0 <= args.part_id < args.num_parts:

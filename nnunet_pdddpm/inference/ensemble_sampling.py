@@ -17,8 +17,9 @@ beyond floating-point reordering inside the network.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from nnunet_pdddpm.diffusion.fast_ddpm import per_sample_noise
 from nnunet_pdddpm.diffusion.samplers import reverse_process, reverse_process_reference, sampling_timesteps
 from nnunet_pdddpm.diffusion.schedule import make_ddpm_scheduler
 from nnunet_pdddpm.inference.batching import Batch, batch_size_for_budget, estimate_sample_bytes, plan_windows
-from nnunet_pdddpm.inference.compiled import SamplingDenoiser
+from nnunet_pdddpm.inference.compiled import Autocast, SamplingDenoiser
 from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings, check_ensemble_covers_folds
 from nnunet_pdddpm.inference.uncertainty import MemberSums
 
@@ -96,35 +97,77 @@ def sampling_batch_size(performance: PerformanceSettings, network: nn.Module, in
                                  estimate_sample_bytes(network, input_shape))
 
 
-@torch.inference_mode()
-def sample_case(
-    networks: Sequence[nn.Module | SamplingDenoiser],
-    image: torch.Tensor,
-    x0_pre: torch.Tensor | None,
-    slicers: Sequence[tuple],
-    gaussian: torch.Tensor,
-    settings: SamplingSettings,
-    performance: PerformanceSettings,
-    config: DiffusionConfig,
-    case_key: str | None,
-    results_device: torch.device,
-    autocast: Callable[[], object],
-    on_step: Callable[[int], None] | None = None,
-) -> CaseResult:
-    """Sample every patch of one (padded) case.
+class SamplingModel(Protocol):
+    """What sampling reads of a model: one denoiser per fold and the diffusion they were trained with.
 
-    networks: one denoiser per fold (on the compute device), or their :class:`SamplingDenoiser` s (pass those,
-    e.g. from a ``DenoiserCache``, to reuse a compiled graph across cases; plain modules are wrapped here
-    with the options of ``performance``). image: (C, *shape) on the compute device.
-    x0_pre: encoded pre-segmentation (K, *shape) in [-1, 1], or None for the vanilla baseline.
-    slicers: nnU-Net's sliding-window slicers; each selects (channels, *patch) (2D configurations on 3D
-    data index one slice). gaussian: nnU-Net's patch weights (*patch).
-    Memory on ``results_device``: the probabilities and maps (about K + 2 floats per voxel, 2K + 2 per class),
-    plus with ``settings.case_scores`` every member's stitched probabilities, M x K floats per voxel.
+    A :class:`~nnunet_pdddpm.inference.denoiser_model.DenoiserModel` is one; :class:`FoldDenoisers` is the
+    least that is one (networks built in memory, e.g. by a benchmark).
     """
-    denoisers = [n if isinstance(n, SamplingDenoiser)
-                 else SamplingDenoiser(n, autocast, performance.channels_last, performance.compile)
-                 for n in networks]
+
+    @property
+    def networks(self) -> Sequence[nn.Module]: ...
+
+    @property
+    def diffusion_config(self) -> DiffusionConfig: ...
+
+
+@dataclass(frozen=True)
+class FoldDenoisers:
+    """Denoisers in memory (one per fold) and their diffusion: a :class:`SamplingModel` without a model folder."""
+
+    networks: tuple[nn.Module, ...]
+    diffusion_config: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+
+@dataclass(frozen=True)
+class CaseWindows:
+    """One padded case as sampling reads it: the data, the pre-segmentation and nnU-Net's sliding windows.
+
+    image: (C, *shape) on the compute device. pre_segmentation: the encoded pre-segmentation x0 (K, *shape) in
+    [-1, 1] (``diffusion/encoding.py``), or None for the vanilla baseline. slicers: nnU-Net's sliding-window
+    slicers; each selects (channels, *patch) (2D configurations on 3D data index one slice). gaussian:
+    nnU-Net's patch weights (*patch).
+    """
+
+    image: torch.Tensor
+    pre_segmentation: torch.Tensor | None
+    slicers: Sequence[tuple]
+    gaussian: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SamplingRun:
+    """How a case is run, which changes no number: performance options, where results live, progress.
+
+    denoisers: prebuilt :class:`SamplingDenoiser` s, one per fold (e.g. a ``DenoiserCache``'s, to reuse a
+    compiled graph across cases); None wraps the model's networks here with ``performance``'s options.
+    on_step: called with the number of samples that just took one denoiser step (a progress bar's update).
+    """
+
+    performance: PerformanceSettings = field(default_factory=PerformanceSettings)
+    results_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    autocast: Autocast = nullcontext
+    denoisers: Sequence[SamplingDenoiser] | None = None
+    on_step: Callable[[int], None] | None = None
+
+
+@torch.inference_mode()
+def sample_case(model: SamplingModel, case: CaseWindows, settings: SamplingSettings, case_key: str | None,
+                run: SamplingRun = SamplingRun()) -> CaseResult:
+    """Sample every patch of one (padded) case with the model's fold denoisers: the ensemble is drawn here.
+
+    The result is a function of ``model``, ``case``, ``settings`` and ``case_key`` (which seeds the samples);
+    ``run`` changes only speed, memory and where the result lives.
+    Memory on ``run.results_device``: the probabilities and maps (about K + 2 floats per voxel, 2K + 2 per
+    class), plus with ``settings.case_scores`` every member's stitched probabilities, M x K floats per voxel.
+    """
+    performance, results_device, config = run.performance, run.results_device, model.diffusion_config
+    image, x0_pre, slicers, gaussian = case.image, case.pre_segmentation, case.slicers, case.gaussian
+    denoisers = list(run.denoisers) if run.denoisers is not None else [
+        SamplingDenoiser(n, run.autocast, performance.channels_last, performance.compile) for n in model.networks]
+    if len(denoisers) != len(model.networks):
+        raise ValueError(f"run.denoisers has {len(denoisers)} denoisers for a model of {len(model.networks)} folds; "
+                         f"pass one per fold network, in the model's order.")
     t_prime = settings.effective_t_prime(config.num_train_timesteps)
     members = members_per_fold(settings, len(denoisers))
     num_members = sum(members)
@@ -152,7 +195,7 @@ def sample_case(
         for batch in window.batches:
             probs = _sample_batch(denoisers[batch.fold], image, x0_pre, slicers, batch, settings,
                                   performance.reference_sampler, config, scheduler, t_prime, cseed,
-                                  on_step).to(results_device)
+                                  run.on_step).to(results_device)
             for job, pr in zip(batch.jobs, probs):  # padding rows come last and are dropped
                 sums[job.patch].add(pr)
                 if member_acc is not None:

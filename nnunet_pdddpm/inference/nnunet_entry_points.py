@@ -20,6 +20,7 @@ from nnunetv2.inference.export_prediction import convert_predicted_logits_to_seg
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.inference.settings import check_at_least
 
 _WITHOUT_MASK = ("would run the denoiser without its noisy mask and timestep; use predict_case (or predict_from_files) "
                  "instead.")
@@ -64,6 +65,8 @@ class NNUNetEntryPoints:
         ``uncertainty/`` beside them (or ``uncertainty_folder``). Without an output (None) the cases come back as
         nnU-Net returns them: per case the segmentation, or (segmentation, probabilities) with
         ``save_probabilities``, in the input geometry."""
+        check_at_least("num_processes_preprocessing (-npp)", num_processes_preprocessing, 1)
+        check_at_least("num_processes_segmentation_export (-nps)", num_processes_segmentation_export, 1)
         if output_folder_or_list_of_truncated_output_files is not None:
             # nnU-Net records its arguments by reading locals() over this method's signature: names must match
             return super().predict_from_files(

@@ -39,6 +39,8 @@ from nnunet_pdddpm.inference.compiled import DenoiserCache
 from nnunet_pdddpm.inference.denoiser_model import DenoiserModel, denoiser_model, load_denoiser_model
 from nnunet_pdddpm.inference.ensemble_sampling import (
     CaseResult,
+    CaseWindows,
+    SamplingRun,
     number_of_evaluations,
     sample_case,
 )
@@ -56,7 +58,7 @@ from nnunet_pdddpm.inference.pre_segmentation import (
     check_compatible,
 )
 from nnunet_pdddpm.inference.scores_file import record_case_scores
-from nnunet_pdddpm.inference.settings import DenoiserLimits, PerformanceSettings, SamplingSettings
+from nnunet_pdddpm.inference.settings import DenoiserLimits, PerformanceSettings, SamplingSettings, check_at_least
 from nnunet_pdddpm.inference.uncertainty import binary_entropy, case_scores, predictive_entropy
 from nnunet_pdddpm.output_names import CASE_SCORES_FILE, UNCERTAINTY_FOLDER, UNCERTAINTY_SUFFIX
 from nnunet_pdddpm.precision import autocast
@@ -230,8 +232,8 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         slicers = self._internal_get_sliding_window_slicers(padded.shape[1:])
         gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results,
                                     dtype=torch.float32) if self.use_gaussian else torch.ones(patch, device=results)
-        result = self._sample_with_oom_fallback(padded, x0_pre, slicers, gaussian, case_key, results, sampling,
-                                                performance)
+        result = self._sample_with_oom_fallback(CaseWindows(padded, x0_pre, slicers, gaussian), case_key, results,
+                                                sampling, performance)
         final = result.probabilities
         if sampling.fuses_pre_segmentation:
             final = fuse_with_pre_segmentation(final, pre_probabilities.to(results), sampling.pre_segmentation_weight,
@@ -250,11 +252,11 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         probs, _ = pad_nd_image(probs, patch, "constant", {"value": 0}, True, None)
         return probs, encode_pre_segmentation(probs[None], sampling.soft_pre_segmentation)[0]
 
-    def _sample_with_oom_fallback(self, padded, x0_pre, slicers, gaussian, case_key, results,
+    def _sample_with_oom_fallback(self, case: CaseWindows, case_key: str | None, results: torch.device,
                                   sampling: SamplingSettings, performance: PerformanceSettings) -> CaseResult:
         """Sample; on device out-of-memory retry with half the batch (results do not depend on the batch layout)."""
         t_prime = sampling.effective_t_prime(self.diffusion_config.num_train_timesteps)
-        nfe = number_of_evaluations(len(slicers), len(self.networks), sampling, t_prime)
+        nfe = number_of_evaluations(len(case.slicers), len(self.networks), sampling, t_prime)
         device_autocast = functools.partial(autocast, self.device)
         while True:
             try:
@@ -262,8 +264,8 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
                           leave=False, disable=not self.allow_tqdm) as bar:
                     denoisers = self.denoiser_cache.get(self.networks, device_autocast, performance.channels_last,
                                                         performance.compile)
-                    return sample_case(denoisers, padded, x0_pre, slicers, gaussian, sampling, performance,
-                                       self.diffusion_config, case_key, results, device_autocast, bar.update)
+                    run = SamplingRun(performance, results, device_autocast, denoisers, bar.update)
+                    return sample_case(self.model, case, sampling, case_key, run)
             except torch.OutOfMemoryError:
                 if performance.max_batch_size == 1:
                     raise PDDDPMUserError(f"Case {case_key} does not fit in device memory even one sample at a "
@@ -370,8 +372,9 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         (each holds its probabilities and uncertainty maps): sampling pauses until a slot frees, so memory
         does not grow with the number of cases. A failed export stops the run at once.
         """
+        check_at_least("num_processes_segmentation_export (-nps)", num_processes_segmentation_export, 1)
+        workers = num_processes_segmentation_export
         results, pending = [], set()
-        workers = max(1, num_processes_segmentation_export)
         with ThreadPoolExecutor(workers) as pool:
             for item in tqdm(data_iterator, desc="cases", unit="case", disable=not self.allow_tqdm):
                 data = item["data"]

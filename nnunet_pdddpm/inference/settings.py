@@ -94,6 +94,7 @@ class SamplingSettings:
         check_at_least("-t_prime", self.t_prime, 0)
         check_at_least("-ensemble_size", self.ensemble_size, 1)
         check_at_least("-steps", self.steps, 1)
+        check_at_least("-seed", self.seed, 0)  # numpy's SeedSequence takes non-negative integers only
         if self.sampler not in SAMPLERS:
             raise PDDDPMUserError(f"-sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}.")
         if self.uncertainty not in UNCERTAINTY_KINDS:

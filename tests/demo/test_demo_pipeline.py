@@ -96,6 +96,19 @@ def test_configuration_flag_reaches_the_pipeline(monkeypatch):
     assert seen[0].configuration == "3d_fullres" and seen[0].name == "tiny"
 
 
+@pytest.mark.parametrize("flags, message", [(["-np", "0"], "-np must be at least 1, got 0."),
+                                            (["-figures", "-1"], "-figures must be at least 0, got -1.")])
+def test_bad_counts_are_refused_not_replaced_by_the_default(monkeypatch, capsys, flags, message):
+    """``-np 0`` once fell through to the default worker count (0 is falsy); nothing runs for a refused flag."""
+    import nnunet_pdddpm.demo.pipeline as pipeline
+    from nnunet_pdddpm.cli import demo
+
+    monkeypatch.setattr(pipeline, "run_demo", lambda *args: pytest.fail("the demo ran"))
+    with pytest.raises(SystemExit) as exited:
+        demo.main(["-profile", "tiny", "-device", "cpu", "-o", "unused", *flags])
+    assert exited.value.code == 2 and capsys.readouterr().err.strip() == f"error: {message}"
+
+
 def test_help_explains_every_flag():
     out = subprocess.run([sys.executable, "-m", "nnunet_pdddpm.cli.demo", "--help"], capture_output=True, text=True,
                          check=True).stdout

@@ -17,7 +17,7 @@ from nnunet_pdddpm.diffusion import DiffusionConfig, make_ddpm_scheduler
 from nnunet_pdddpm.diffusion.fast_ddpm import DDPMStepCoefficients, per_sample_noise
 from nnunet_pdddpm.diffusion.samplers import reverse_process, reverse_process_reference, sampling_timesteps
 from nnunet_pdddpm.inference.compiled import DenoiserCache, SamplingDenoiser
-from nnunet_pdddpm.inference.ensemble_sampling import sample_case
+from nnunet_pdddpm.inference.ensemble_sampling import CaseWindows, FoldDenoisers, SamplingRun, sample_case
 from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
 from nnunet_pdddpm.networks import TimeConditionedUNet
 from nnunet_pdddpm.networks.blocks import SelfAttentionBlock
@@ -146,8 +146,11 @@ def run_case(networks, **fields):
     settings = SamplingSettings(**{k: v for k, v in {**base, **fields}.items() if k not in knobs})
     performance = PerformanceSettings(**{k: v for k, v in fields.items() if k in knobs})
     counted = []
-    result = sample_case(networks, image, x0_pre, slicers, gaussian, settings, performance, DiffusionConfig(),
-                         "case_7", CPU, lambda: torch.autocast("cpu", enabled=False), counted.append)
+    # prebuilt SamplingDenoisers (e.g. compiled) go in as the run's, the model holds their networks
+    prebuilt = all(isinstance(n, SamplingDenoiser) for n in networks)
+    model = FoldDenoisers(tuple(n.network if prebuilt else n for n in networks))
+    run = SamplingRun(performance, CPU, denoisers=networks if prebuilt else None, on_step=counted.append)
+    result = sample_case(model, CaseWindows(image, x0_pre, slicers, gaussian), settings, "case_7", run)
     # NFE without padding: the ensemble is the total over the folds (3 = 2 + 1 for two), or 3 from every fold
     per_case = settings.ensemble_size * (len(networks) if settings.ensemble_per_fold else 1)
     assert sum(counted) == len(slicers) * per_case * 20 == result.nfe
@@ -270,8 +273,16 @@ def test_softmax_output_samples_end_at_the_networks_softmax(sampler, steps):
     image, x0_pre, slicers, gaussian = case_inputs()
     settings = SamplingSettings(t_prime=20, ensemble_size=3, sampler=sampler, steps=steps, seed=5)
     config = DiffusionConfig(prediction_type="sample", output_activation="softmax")
-    result = sample_case([ConstantLogits(logits)], image, x0_pre, slicers, gaussian, settings, PerformanceSettings(),
-                         config, "case_7", CPU, lambda: torch.autocast("cpu", enabled=False))
+    model = FoldDenoisers((ConstantLogits(logits),), config)
+    result = sample_case(model, CaseWindows(image, x0_pre, slicers, gaussian), settings, "case_7")
     expected = torch.softmax(logits, 0).reshape(2, 1, 1, 1).expand_as(result.probabilities)
     assert torch.allclose(result.probabilities, expected, atol=1e-5)
     assert result.uncertainty.abs().max() < 1e-8
+
+
+def test_prebuilt_denoisers_must_match_the_models_folds(two_folds):
+    image, x0_pre, slicers, gaussian = case_inputs()
+    settings = SamplingSettings(t_prime=20, ensemble_size=2, sampler="ddim", steps=2, seed=5)
+    run = SamplingRun(denoisers=[SamplingDenoiser(two_folds[0])])
+    with pytest.raises(ValueError, match="1 denoisers for a model of 2 folds"):
+        sample_case(FoldDenoisers(tuple(two_folds)), CaseWindows(image, x0_pre, slicers, gaussian), settings, "c", run)

@@ -149,6 +149,10 @@ def test_bad_inputs_get_one_clear_sentence(first_run, tmp_path):
         # known only once the model is loaded: two classes, so the gate must exceed 1/2
         "-confidence_gate must be above 1/K = 0.5": [*args, "-confidence_gate", "0.5"],
         "variance and entropy only": [*args, "-uncertainty", "mutual_information", "--uncertainty_per_class"],
+        # worker counts and the seed (nnU-Net's iterator asserted on -npp 0; numpy's SeedSequence raised on -1)
+        "-npp must be at least 1, got 0.": [*args, "-npp", "0"],
+        "-nps must be at least 1, got 0.": [*args, "-nps", "0"],
+        "-seed must be at least 0, got -1.": [*args, "-seed", "-1"],
     }
     for expected, line in zip(refusals, cli_refusals(PREDICT, list(refusals.values()), env)):
         assert re.search(expected, line) if ".*" in expected else expected in line, (expected, line)

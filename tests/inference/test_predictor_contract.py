@@ -261,3 +261,12 @@ def test_public_nnunet_call(name, request):
 @pytest.mark.parametrize("name", REFUSED_INTERNALS)
 def test_per_patch_network_calls_are_refused(name, predictor, preprocessed):
     assert_refused(predictor, name, preprocessed)
+
+
+@pytest.mark.parametrize("keyword", ["num_processes_preprocessing", "num_processes_segmentation_export"])
+def test_zero_workers_are_refused_before_any_case_is_read(predictor, test_images, tmp_path, keyword):
+    """nnU-Net's preprocessing iterator asserted on 0 processes after the models had loaded; the export threads were
+    raised to 1 without a word."""
+    with pytest.raises(PDDDPMUserError, match=rf"^{keyword} \(-np[ps]\) must be at least 1, got 0\.$"):
+        predictor.predict_from_files(str(test_images), str(tmp_path / "out"), **{keyword: 0})
+    assert not (tmp_path / "out").exists()

@@ -55,3 +55,9 @@ def test_vanilla_drops_the_defaults_fusion_but_not_an_explicit_one() -> None:
     with pytest.raises(PDDDPMUserError, match="--vanilla"):
         fused.with_overrides(vanilla=True, pre_segmentation_weight=0.5)
     assert fused.with_overrides(ensemble_size=3).pre_segmentation_weight == 0.25  # kept otherwise
+
+
+def test_a_negative_seed_is_one_sentence_not_numpys_error() -> None:
+    with pytest.raises(PDDDPMUserError, match=r"^-seed must be at least 0, got -1\.$"):
+        SamplingSettings(seed=-1)
+    assert SamplingSettings(seed=2 ** 40).seed == 2 ** 40  # any non-negative integer seeds the samples

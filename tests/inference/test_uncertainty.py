@@ -11,7 +11,14 @@ from nnunet_pdddpm.diffusion.samplers import reverse_process
 from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.inference.batching import Batch, Job
 from nnunet_pdddpm.inference.compiled import SamplingDenoiser
-from nnunet_pdddpm.inference.ensemble_sampling import _sample_batch, case_seed, sample_case
+from nnunet_pdddpm.inference.ensemble_sampling import (
+    CaseWindows,
+    FoldDenoisers,
+    SamplingRun,
+    _sample_batch,
+    case_seed,
+    sample_case,
+)
 from nnunet_pdddpm.inference.fusion import fuse_with_pre_segmentation
 from nnunet_pdddpm.inference.settings import PerformanceSettings, SamplingSettings
 from nnunet_pdddpm.inference.uncertainty import MemberSums, case_scores, mean_pairwise_dice
@@ -141,9 +148,9 @@ def test_sample_case_maps_and_scores_equal_brute_force(denoiser, member_samples,
     image, x0_pre, slicers, gaussian = case_inputs()
     assert any(a[-1].stop > b[-1].start for a, b in zip(slicers, slicers[1:]) if a[1] == b[1])  # patches overlap
     per_class = kind in ("variance", "entropy")
-    result = sample_case([denoiser], image, x0_pre, slicers, gaussian,
-                         settings_for(kind, uncertainty_per_class=per_class), PerformanceSettings(max_batch_size=1),
-                         DiffusionConfig(), "case_7", CPU, lambda: torch.autocast("cpu", enabled=False))
+    result = sample_case(FoldDenoisers((denoiser,)), CaseWindows(image, x0_pre, slicers, gaussian),
+                         settings_for(kind, uncertainty_per_class=per_class), "case_7",
+                         SamplingRun(PerformanceSettings(max_batch_size=1), CPU))
     g, spatial, K = gaussian.double().numpy(), image.shape[1:], member_samples.shape[2]
     mean = aggregate([s.mean(0) for s in member_samples], slicers, g, spatial, K)
     unc = aggregate([patch_map(s, kind) for s in member_samples], slicers, g, spatial)
@@ -167,9 +174,8 @@ def test_sample_case_maps_and_scores_equal_brute_force(denoiser, member_samples,
 
 def test_without_case_scores_nothing_per_member_is_kept(denoiser):
     image, x0_pre, slicers, gaussian = case_inputs()
-    result = sample_case([denoiser], image, x0_pre, slicers, gaussian, settings_for("none", case_scores=False),
-                         PerformanceSettings(), DiffusionConfig(), "case_7", CPU,
-                         lambda: torch.autocast("cpu", enabled=False))
+    result = sample_case(FoldDenoisers((denoiser,)), CaseWindows(image, x0_pre, slicers, gaussian),
+                         settings_for("none", case_scores=False), "case_7")
     assert result.member_foreground is None and result.uncertainty is None
 
 
