@@ -11,11 +11,12 @@ the paper's variance and the entropy of the mean. Differences against the pre-se
 (seed, case) with bootstrap 95 % intervals, and so are PD-DDPM's Dice differences against plain nnU-Net
 trained with the pre-segmenter's and the denoiser's training samples together (the same budget).
 A denoiser trained on its pre-segmenter's predictions is sampled from that pre-segmenter only; for one trained
-on out-of-fold predictions (``_oof``) the pre-segmenter's folds 1-4 are trained first.
+on out-of-fold predictions (``_oof``) the pre-segmenter's folds 1-4 are trained first (with ``--quick`` the tiny set
+is split into two folds, so fold 1 only).
 
     python -m benchmarks.benchmark_fidelity -o WORK          # documented table (3 seeds: ~1.5 h alone, 2 cores)
     python -m benchmarks.benchmark_fidelity -o WORK --seeds 0 --denoisers PDDDPMTrainer_demoCPU_x0 ...
-    python -m benchmarks.benchmark_fidelity -o WORK --quick               # the tiny set and models (tests)
+    python -m benchmarks.benchmark_fidelity -o WORK --quick               # the tiny set and models, two folds (tests)
 
 Everything is reused from WORK on a rerun (dataset, preprocessing, trained models, sampled cases), so
 several invocations with other lists share their work. Output: a table, ``WORK/fidelity.json`` (rows and
@@ -67,6 +68,7 @@ class Setup:
     samplers: tuple[str, ...]
     yardstick: str | None = None  # plain nnU-Net trained with the pre-segmenter's and the denoiser's budget together
     starts: tuple[str, ...] = ("hard",)  # x_pre: the pre-segmenter's argmax ("hard") or its probabilities ("soft")
+    folds: int = 5  # nnU-Net's cross-validation folds; another number is written as the dataset's splits_final.json
 
 
 # the CPU demo's images (16 training cases), with 12 test cases instead of 4
@@ -74,8 +76,9 @@ FULL = Setup(dataclasses.replace(CPU_DATASET, num_test=12, name="fidelity"), 988
              ("nnUNetTrainer_demoCPU", "PDDDPMAttUNetTrainer_demoCPU"),
              ("PDDDPMTrainer_demoCPU", "PDDDPMTrainer_demoCPU_preseg"), 300, 5, 3, ("ddim",),
              "nnUNetTrainer_demoCPU_long")
+# two folds: an out-of-fold denoiser needs one other fold's network, not four more trainings
 QUICK = Setup("tiny", 984, "PDDDPMFidelityTiny", ("PDDDPMAttUNetTrainer_tiny",),
-              ("PDDDPMTrainer_tiny", "PDDDPMTrainer_tiny_preseg"), 20, 2, 2, ("ddim",))
+              ("PDDDPMTrainer_tiny", "PDDDPMTrainer_tiny_preseg"), 20, 2, 2, ("ddim",), folds=2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +109,8 @@ def resolve(args) -> Setup:
                  tuple(args.pre_segmenters or base.pre_segmenters), tuple(args.denoisers or base.denoisers),
                  args.t_prime or base.t_prime, args.steps or base.steps, args.ensemble or base.ensemble_size,
                  tuple(args.samplers or base.samplers),
-                 None if args.yardstick == "none" else (args.yardstick or base.yardstick), tuple(args.starts))
+                 None if args.yardstick == "none" else (args.yardstick or base.yardstick), tuple(args.starts),
+                 base.folds)
 
 
 def prepare_dataset(work: Path, setup: Setup, num_processes: int) -> tuple[Path, dict]:
@@ -117,7 +121,22 @@ def prepare_dataset(work: Path, setup: Setup, num_processes: int) -> tuple[Path,
     if not (pre / folder.name / "nnUNetPlans.json").is_file() or not (pre / folder.name / "nnUNetPlans_2d").is_dir():
         run_command(["nnUNetv2_plan_and_preprocess", "-d", str(setup.dataset_id), "-c", "2d", "-np",
                      str(num_processes), "-npfp", str(num_processes)], env, work / "logs" / "plan.log")
+    if setup.folds != 5:
+        write_splits(folder, pre / folder.name / "splits_final.json", setup.folds)
     return folder, env
+
+
+def write_splits(raw_dataset: Path, splits_file: Path, folds: int) -> None:
+    """nnU-Net's own random split of the training cases into ``folds`` folds, as ``splits_final.json`` (which
+    nnU-Net's trainers then use instead of their five); a work folder split otherwise is refused."""
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    if splits_file.is_file():
+        if len(json.loads(splits_file.read_text())) != folds:
+            raise SystemExit(f"{splits_file} does not have {folds} folds; use a new work folder (-o).")
+        return
+    cases = sorted(f.name[:-len("_0000.nii.gz")] for f in (raw_dataset / "imagesTr").glob("*_0000.nii.gz"))
+    write_json_atomic(generate_crossval_split(cases, n_splits=folds), splits_file)
 
 
 def results_folder(work: Path, seed: int) -> Path:
@@ -143,7 +162,7 @@ def train(work: Path, setup: Setup, dataset: str, env: dict, seed: int, trainer:
                         *resume], env, log, indent="      ")
 
 
-def extra_pre_segmenter_folds(denoiser: str, pre_segmenters: tuple[str, ...]) -> list[tuple[str, int]]:
+def extra_pre_segmenter_folds(denoiser: str, pre_segmenters: tuple[str, ...], folds: int = 5) -> list[tuple[str, int]]:
     """(pre-segmenter, fold) pairs an out-of-fold denoiser needs besides fold 0: every other fold of each
     pre-segmenter it trains with (each training case is segmented by the fold that held it out)."""
     import nnunet_pdddpm.trainers as trainers
@@ -151,7 +170,7 @@ def extra_pre_segmenter_folds(denoiser: str, pre_segmenters: tuple[str, ...]) ->
     cls = getattr(trainers, denoiser, None)
     if cls is None or getattr(cls, "pre_segmentation_source", "simulated") != "out_of_fold":
         return []
-    return [(p, f) for p in pre_segmenters if p in cls.pre_segmenter_trainers for f in range(1, 5)]
+    return [(p, f) for p in pre_segmenters if p in cls.pre_segmenter_trainers for f in range(1, folds)]
 
 
 def per_case(runner, name: str) -> dict[str, dict[str, float]]:
@@ -319,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in args.seeds:
         for trainer in (*setup.pre_segmenters, *([setup.yardstick] if setup.yardstick else []), *setup.denoisers):
-            for pre_segmenter, fold in extra_pre_segmenter_folds(trainer, setup.pre_segmenters):
+            for pre_segmenter, fold in extra_pre_segmenter_folds(trainer, setup.pre_segmenters, setup.folds):
                 train(work, setup, dataset.name, env, seed, pre_segmenter, fold)
             train(work, setup, dataset.name, env, seed, trainer)
         if setup.yardstick:

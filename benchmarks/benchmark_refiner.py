@@ -19,7 +19,7 @@ over seeds x cases; paired bootstrap 95 % intervals of Dice and lesion F1 agains
 
     python -m benchmarks.benchmark_refiner -o WORK                 # documented table (3 seeds)
     python -m benchmarks.benchmark_refiner -o WORK --seeds 0       # one seed
-    python -m benchmarks.benchmark_refiner -o WORK --quick         # the tiny set and models (tests)
+    python -m benchmarks.benchmark_refiner -o WORK --quick         # the tiny set and models, two folds (tests)
 
 Everything is reused from WORK on a rerun (dataset, preprocessing, trained models, sampled cases). Output: a table,
 ``WORK/refiner.json`` (rows, per-case values, learning curves) and ``WORK/refiner.csv``.
@@ -67,13 +67,15 @@ class Setup:
     steps: int
     ensemble_size: int
     paper: str | None = None  # the paper's recipe at the refiner's budget (head-to-head row; None: not run)
+    folds: int = 5  # nnU-Net's folds of each seed (another number is written as the dataset's splits_final.json)
 
 
 FULL = Setup(FIDELITY.dataset, FIDELITY.dataset_id, FIDELITY.dataset_name, "nnUNetTrainer_refinerCPU",
              "PDDDPMTrainer_refinerCPU", "nnUNetTrainer_refinerCPU_more", (("auto", REFINER_MAPS), (300, ("entropy",))),
              5, 5, "PDDDPMTrainer_refinerCPU_paper")
 QUICK = Setup(FIDELITY_QUICK.dataset, FIDELITY_QUICK.dataset_id, FIDELITY_QUICK.dataset_name, "nnUNetTrainer_tiny",
-              "PDDDPMTrainer_tiny_refiner", "nnUNetTrainer_tiny_more", (("auto", REFINER_MAPS),), 2, 2)
+              "PDDDPMTrainer_tiny_refiner", "nnUNetTrainer_tiny_more", (("auto", REFINER_MAPS),), 2, 2,
+              folds=FIDELITY_QUICK.folds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,10 +193,10 @@ def refiner_rows(runner, setup: Setup, pre, method: str = "PD-DDPM refiner", pre
 
 
 def training_stages(seeds: list[int], setup: Setup) -> list[list[tuple[int, str, int]]]:
-    """(seed, trainer, fold) of every training, in two stages: nnU-Net's five folds of each seed and the ensemble
-    partners' fold 0; then what starts from them (refiner, the same nnU-Net trained more, the paper's recipe).
-    Within a stage the trainings are independent."""
-    first = [(seed, setup.pre_segmenter, fold) for seed in seeds for fold in range(5)]
+    """(seed, trainer, fold) of every training, in two stages: nnU-Net's folds of each seed (five; two with --quick)
+    and the ensemble partners' fold 0; then what starts from them (refiner, the same nnU-Net trained more, the
+    paper's recipe). Within a stage the trainings are independent."""
+    first = [(seed, setup.pre_segmenter, fold) for seed in seeds for fold in range(setup.folds)]
     first += [(p, setup.pre_segmenter, 0) for p in sorted({partner_seed(s) for s in seeds} - set(seeds))]
     second = [(seed, trainer, 0) for seed in seeds for trainer in (setup.refiner, setup.more, setup.paper) if trainer]
     return [first, second]

@@ -51,38 +51,52 @@ def run_cli(args: list[str], env: dict, timeout: int = 600) -> subprocess.Comple
     return proc
 
 
-_REFUSAL_DRIVER = """
+_ONE_PROCESS_DRIVER = """
 import contextlib, importlib, io, json, sys, traceback
 main = importlib.import_module(sys.argv[1]).main
 results = []
 for argv in json.loads(sys.stdin.read()):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             main(argv)
             code = 0
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except BaseException:
             code = -1
             err.write(traceback.format_exc())
-    results.append([code, err.getvalue()])
-print("REFUSALS " + json.dumps(results))
+    results.append([code, out.getvalue(), err.getvalue()])
+print("RESULTS " + json.dumps(results))
 """
 
 
+def cli_in_one_process(module: str, argvs: list[list[str]], env: dict) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of each command line, run through ``module.main`` (the console script's function,
+    ``cli_entry`` included) one after the other in one process, so that the imports are paid once, not once per
+    command line."""
+    proc = subprocess.run([sys.executable, "-c", _ONE_PROCESS_DRIVER, module], input=json.dumps(argvs), env=env,
+                          capture_output=True, text=True, timeout=900)
+    marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
+    assert proc.returncode == 0 and marker, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return [tuple(r) for r in json.loads(marker[-1][len("RESULTS "):])]
+
+
+def cli_runs(module: str, argvs: list[list[str]], env: dict) -> list[str]:
+    """The stdout of each command line (see :func:`cli_in_one_process`); each must exit 0."""
+    results = cli_in_one_process(module, argvs, env)
+    for argv, (code, _, stderr) in zip(argvs, results):
+        assert code == 0, f"{argv}: exit {code}\n{stderr[-4000:]}"
+    return [stdout for _, stdout, _ in results]
+
+
 def cli_refusals(module: str, argvs: list[list[str]], env: dict) -> list[str]:
-    """The ``error:`` sentence of each refused command line, run through ``module.main`` (the console script's
-    function, ``cli_entry`` included) in one process, so that the imports are paid once, not once per refusal.
+    """The ``error:`` sentence of each refused command line (see :func:`cli_in_one_process`).
 
     Each command must exit 2 with exactly one ``error:`` line and no traceback.
     """
-    proc = subprocess.run([sys.executable, "-c", _REFUSAL_DRIVER, module], input=json.dumps(argvs), env=env,
-                          capture_output=True, text=True, timeout=600)
-    marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("REFUSALS ")]
-    assert proc.returncode == 0 and marker, proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = []
-    for argv, (code, stderr) in zip(argvs, json.loads(marker[-1][len("REFUSALS "):])):
+    for argv, (code, _, stderr) in zip(argvs, cli_in_one_process(module, argvs, env)):
         assert code == 2 and "Traceback" not in stderr, f"{argv}: exit {code}\n{stderr}"
         errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1, f"{argv}:\n{stderr}"

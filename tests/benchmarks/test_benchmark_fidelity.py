@@ -65,6 +65,8 @@ def test_out_of_fold_denoiser_brings_its_pre_segmenter_folds_and_pairs_only_with
     pre_segmenters = ("nnUNetTrainer_demoCPU", "PDDDPMAttUNetTrainer_demoCPU")
     assert extra_pre_segmenter_folds("PDDDPMTrainer_demoCPU_oof", pre_segmenters) == [
         ("PDDDPMAttUNetTrainer_demoCPU", f) for f in (1, 2, 3, 4)]
+    assert extra_pre_segmenter_folds("PDDDPMTrainer_demoCPU_oof", pre_segmenters, folds=2) == [
+        ("PDDDPMAttUNetTrainer_demoCPU", 1)]  # --quick's two folds
     for denoiser in ("PDDDPMTrainer_demoCPU", "PDDDPMTrainer_demoCPU_preseg", "nnUNetTrainer_demoCPU"):
         assert extra_pre_segmenter_folds(denoiser, pre_segmenters) == []
     assert pairs_with("PDDDPMTrainer_demoCPU_oof", "PDDDPMAttUNetTrainer_demoCPU")

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import DATASET, DATASET_ID, cli_refusals, nnunet_env, run_cli
+from conftest import DATASET, DATASET_ID, cli_in_one_process, cli_refusals, cli_runs, nnunet_env, run_cli
 
 COMMON = ["-d", str(DATASET_ID), "-c", "2d", "-tr", "PDDDPMTrainer_tiny", "-preseg_tr", "PDDDPMAttUNetTrainer_tiny",
           "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "-t_prime", "30", "-ensemble_size", "2",
@@ -61,20 +61,36 @@ def test_outputs_keep_input_geometry_and_labels(first_run):
     assert not list(out.rglob(".pdddpm_partial"))
 
 
-def test_two_parts_give_the_same_files_as_one_run(first_run, tmp_path):
+@pytest.fixture(scope="module")
+def later_runs(first_run, tmp_path_factory):
+    """The first run's cases again in two parts (-num_parts 2), and the first run's output with one case removed, as
+    if killed before its last rename, continued (--continue_prediction): one process, one import of the stack."""
     root, env, out = first_run
-    inp = root / "raw" / DATASET / "imagesTs"
-    for part in ("0", "1"):
-        predict(env, inp, tmp_path / "parts", "-num_parts", "2", "-part_id", part, "--save_probabilities")
-    a, b = arrays(out), arrays(tmp_path / "parts")
+    inp, work = root / "raw" / DATASET / "imagesTs", tmp_path_factory.mktemp("later")
+    partial = work / "partial"
+    shutil.copytree(out, partial)
+    (partial / "case_009.nii.gz").unlink()
+    (partial / "uncertainty" / "case_009_uncertainty.nii.gz").unlink()
+    untouched = (partial / "case_008.nii.gz").stat().st_mtime_ns
+    parts = ["-i", str(inp), "-o", str(work / "parts"), *COMMON, "--save_probabilities", "-num_parts", "2"]
+    stdout = cli_runs(PREDICT, [[*parts, "-part_id", "0"], [*parts, "-part_id", "1"],
+                                ["-i", str(inp), "-o", str(partial), *COMMON, "--save_probabilities",
+                                 "--continue_prediction"]], env)
+    return work, untouched, stdout[2]
+
+
+def test_two_parts_give_the_same_files_as_one_run(first_run, later_runs):
+    _, _, out = first_run
+    work, _, _ = later_runs
+    a, b = arrays(out), arrays(work / "parts")
     assert a.keys() == b.keys() and len(a) == 2
     for f in a:
         np.testing.assert_array_equal(a[f], b[f])
-    ua, ub = arrays(out / "uncertainty"), arrays(tmp_path / "parts" / "uncertainty")
+    ua, ub = arrays(out / "uncertainty"), arrays(work / "parts" / "uncertainty")
     for f in ua:
         np.testing.assert_array_equal(ua[f], ub[f])
     # each part merged its case into the one scores file
-    assert case_scores(tmp_path / "parts") == case_scores(out)
+    assert case_scores(work / "parts") == case_scores(out)
 
 
 def case_scores(out):
@@ -101,16 +117,11 @@ def test_case_scores_list_every_case_with_finite_values(first_run):
         assert s["mean_uncertainty"] == pytest.approx(float(u.astype(np.float64).mean()), rel=1e-4)
 
 
-def test_continue_prediction_only_predicts_what_is_missing(first_run, tmp_path):
-    root, env, out = first_run
-    inp = root / "raw" / DATASET / "imagesTs"
-    partial = tmp_path / "partial"
-    shutil.copytree(out, partial)
-    (partial / "case_009.nii.gz").unlink()  # as if killed before the last rename
-    (partial / "uncertainty" / "case_009_uncertainty.nii.gz").unlink()
-    untouched = (partial / "case_008.nii.gz").stat().st_mtime_ns
-    proc = predict(env, inp, partial, "--continue_prediction", "--save_probabilities")
-    assert "1 cases already predicted; 1 to go." in proc.stdout
+def test_continue_prediction_only_predicts_what_is_missing(first_run, later_runs):
+    _, _, out = first_run
+    work, untouched, stdout = later_runs
+    partial = work / "partial"
+    assert "1 cases already predicted; 1 to go." in stdout
     assert (partial / "case_008.nii.gz").stat().st_mtime_ns == untouched
     a, b = arrays(out), arrays(partial)
     for f in a:
@@ -176,13 +187,16 @@ def test_saved_probabilities_of_any_model_serve_as_pre_segmentation(first_run, t
     run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(tmp_path / "nnunet"), "-d", str(DATASET_ID), "-c", "2d",
              "-tr", "PDDDPMAttUNetTrainer_tiny", "-f", "0", "-device", "cpu", "--save_probabilities", "-npp", "1",
              "-nps", "1"], env)
-    predict(env, inp, tmp_path / "pd", "-preseg_probabilities", str(tmp_path / "nnunet"), "-t_prime", "0")
+    missing = tmp_path / "nnunet_missing"
+    shutil.copytree(tmp_path / "nnunet", missing)
+    (missing / "case_009.npz").unlink()
+    (code, _, _), (refused, _, err) = cli_in_one_process(PREDICT, [
+        ["-i", str(inp), "-o", str(tmp_path / "pd"), *COMMON, "-preseg_probabilities", str(tmp_path / "nnunet"),
+         "-t_prime", "0"],
+        ["-i", str(inp), "-o", str(tmp_path / "o2"), *COMMON, "-preseg_probabilities", str(missing)]], env)
+    assert code == 0
     a, b = arrays(tmp_path / "nnunet"), arrays(tmp_path / "pd")
     assert a.keys() == b.keys() and len(a) == 2
     for f in a:
         np.testing.assert_array_equal(a[f], b[f])
-    missing = tmp_path / "nnunet_missing"
-    shutil.copytree(tmp_path / "nnunet", missing)
-    (missing / "case_009.npz").unlink()
-    msg = _fails(env, ["-i", str(inp), "-o", str(tmp_path / "o2"), *COMMON, "-preseg_probabilities", str(missing)])
-    assert "No pre-segmentation probabilities for case case_009" in msg
+    assert refused == 2 and "error: No pre-segmentation probabilities for case case_009" in err, err

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import DATASET, DATASET_ID, model_folder, nnunet_env, run_cli
+from conftest import DATASET, DATASET_ID, cli_runs, model_folder, nnunet_env, run_cli
 
 from nnunet_pdddpm.discovery import ENV_VAR
 
@@ -92,7 +92,6 @@ def test_prediction_killed_mid_run_continues_to_identical_outputs(trained, tmp_p
             "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "-t_prime", "40", "-ensemble_size", "2",
             "-sampler", "ddpm", "--disable_progress_bar", "-seed", "3"]
     ref, out = tmp_path / "ref", tmp_path / "out"
-    run_cli(["nnunet_pdddpm_predict", "-i", str(inp), "-o", str(ref), *args], env)
     proc = _start(["nnunet_pdddpm_predict", "-i", str(inp), "-o", str(out), *args], env)
     _kill_when(proc, lambda: out.is_dir() and any(p.suffix == ".gz" for p in out.iterdir()))
     done = sorted(p.name for p in out.iterdir() if p.name.endswith(".nii.gz"))
@@ -100,7 +99,9 @@ def test_prediction_killed_mid_run_continues_to_identical_outputs(trained, tmp_p
     for name in done:  # everything that looks complete is complete
         sitk.ReadImage(str(out / name))
         sitk.ReadImage(str(out / "uncertainty" / name.replace(".nii.gz", "_uncertainty.nii.gz")))
-    run_cli(["nnunet_pdddpm_predict", "-i", str(inp), "-o", str(out), *args, "--continue_prediction"], env)
+    # the continued run, and an uninterrupted one as the reference (one process: the stack is imported once)
+    cli_runs("nnunet_pdddpm.cli.predict", [["-i", str(inp), "-o", str(out), *args, "--continue_prediction"],
+                                           ["-i", str(inp), "-o", str(ref), *args]], env)
     for sub in (Path("."), Path("uncertainty")):
         names = sorted(p.name for p in (ref / sub).iterdir() if p.name.endswith(".nii.gz"))
         assert names == sorted(p.name for p in (out / sub).iterdir() if p.name.endswith(".nii.gz"))

@@ -1,8 +1,8 @@
 """The refiner recipe through the real nnU-Net: warm start, out-of-fold soft starts, and settings checked early.
 
-The end-to-end part runs ``benchmarks/benchmark_refiner.py --quick`` once (tiny dataset: plain nnU-Net on five
-folds, the refiner, the same nnU-Net trained the refiner's budget more, a second seed's nnU-Net) and checks what it
-trained and measured; the trainer-level checks then reuse its models.
+The end-to-end part runs ``benchmarks/benchmark_refiner.py --quick`` once (tiny dataset: plain nnU-Net on the two
+folds of its splits_final.json, the refiner, the same nnU-Net trained the refiner's budget more, a second seed's
+nnU-Net) and checks what it trained and measured; the trainer-level checks then reuse its models.
 """
 from __future__ import annotations
 
@@ -139,6 +139,10 @@ def test_refiner_checkpoint_records_its_warm_start_and_soft_starts(quick) -> Non
     assert ckpt["pdddpm"]["sampling"]["uncertainty"] == "entropy"
     assert ckpt["pdddpm"]["sampling"]["pre_segmentation_weight"] == 0.25
     assert (_folder(quick, "PDDDPMTrainer_tiny_refiner") / "fold_0" / "pdddpm_t_prime.json").is_file()
+    # the quick run's own two folds: nnU-Net trained each on the other's validation cases, and nothing else
+    splits = load_json(quick / "nnUNet_preprocessed" / QUICK_DATASET / "splits_final.json")
+    assert len(splits) == 2 and sorted(splits[0]["train"]) == sorted(splits[1]["val"])
+    assert sorted(p.name for p in _folder(quick, "nnUNetTrainer_tiny").glob("fold_*")) == ["fold_0", "fold_1"]
 
 
 @pytest.mark.slow
@@ -232,7 +236,7 @@ def test_warm_started_trainer_predicts_its_nnunets_softmax_and_trains_on_out_of_
 @pytest.mark.slow
 def test_the_papers_recipe_trains_on_the_argmax_of_the_fold_that_held_each_case_out(quick, monkeypatch) -> None:
     """Hard out-of-fold starts (the paper's recipe with ``pre_segmentation_source = "out_of_fold"``): at index 0
-    each sample's mask is the one-hot argmax of the fold that held its case out, on the benchmark's five folds."""
+    each sample's mask is the one-hot argmax of the fold that held its case out, on the benchmark's two folds."""
     from nnunet_pdddpm import PDDDPMTrainer_tiny
 
     hard = type("PDDDPMTrainer_tinyOOF", (PDDDPMTrainer_tiny,), {
@@ -301,12 +305,14 @@ def test_resuming_a_checkpoint_of_another_recipe_is_refused(quick, monkeypatch, 
 
 
 def test_benchmark_trains_every_denoiser_after_the_folds_it_reads() -> None:
-    from benchmarks.benchmark_refiner import FULL, training_stages
+    from benchmarks.benchmark_refiner import FULL, QUICK, training_stages
 
     first, second = training_stages([0, 2], FULL)
     assert set(first) == {(s, FULL.pre_segmenter, f) for s in (0, 2) for f in range(5)} | {(1, FULL.pre_segmenter, 0)}
     assert len(first) == len(set(first)) == 11  # seed 2's partner is seed 1 (fold 0 only); seed 0's is seed 1 too
     assert sorted(second) == sorted((s, t, 0) for s in (0, 2) for t in (FULL.refiner, FULL.more, FULL.paper))
+    quick_first, _ = training_stages([0], QUICK)  # the tests' run: the two folds of its own splits_final.json
+    assert sorted(quick_first) == [(0, QUICK.pre_segmenter, f) for f in (0, 1)] + [(1, QUICK.pre_segmenter, 0)]
 
 
 @pytest.mark.slow
@@ -315,7 +321,7 @@ def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(qui
     own defaults must not override what the checkpoint says (a silent switch to the paper's argmax)."""
     import numpy as np
     import SimpleITK as sitk
-    from conftest import run_cli
+    from conftest import cli_runs, run_cli
 
     env = nnunet_env(quick)
     env.update(nnUNet_raw=str(quick / "nnUNet_raw"), nnUNet_preprocessed=str(quick / "nnUNet_preprocessed"),
@@ -327,21 +333,24 @@ def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(qui
     for image in (quick / "nnUNet_raw" / QUICK_DATASET / "imagesTs").glob(f"{case}_*.nii.gz"):
         (one_case / image.name).write_bytes(image.read_bytes())
 
-    def predict(name: str, *flags: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    runs = {"default": [],
+            "soft": ["--soft_pre_segmentation", "-uncertainty", "entropy", "-preseg_weight", "0.25"],
+            "hard": ["--hard_pre_segmentation"],
+            "unfused": ["-preseg_weight", "0"]}
+    # the four predictions in one process (the console script's main, one import of the stack)
+    cli_runs("nnunet_pdddpm.cli.predict", [
+        ["-i", str(one_case), "-o", str(tmp_path / name), "-d", QUICK_DATASET, "-c", "2d", "-f", "0",
+         "-tr", "PDDDPMTrainer_tiny_refiner", "-preseg_tr", "nnUNetTrainer_tiny", "-device", "cpu", "-t_prime", "10",
+         "-ensemble_size", "2", "-npp", "1", "-nps", "1", "--disable_progress_bar", "--save_probabilities", *flags]
+        for name, flags in runs.items()], env)
+
+    def outputs(name: str) -> tuple[np.ndarray, np.ndarray, dict]:
         out = tmp_path / name
-        run_cli(["nnunet_pdddpm_predict", "-i", str(one_case), "-o", str(out), "-d", QUICK_DATASET, "-c", "2d",
-                 "-f", "0", "-tr", "PDDDPMTrainer_tiny_refiner", "-preseg_tr", "nnUNetTrainer_tiny", "-device", "cpu",
-                 "-t_prime", "10", "-ensemble_size", "2", "-npp", "1", "-nps", "1", "--disable_progress_bar",
-                 *flags], env)
         unc = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty" / f"{case}_uncertainty.nii.gz")))
         probabilities = np.load(out / f"{case}.npz")["probabilities"]
         return probabilities, unc, json.loads((out / "uncertainty" / "case_scores.json").read_text())
 
-    default = predict("default", "--save_probabilities")
-    soft = predict("soft", "--save_probabilities", "--soft_pre_segmentation", "-uncertainty", "entropy",
-                   "-preseg_weight", "0.25")
-    hard = predict("hard", "--save_probabilities", "--hard_pre_segmentation")
-    unfused = predict("unfused", "--save_probabilities", "-preseg_weight", "0")
+    default, soft, hard, unfused = (outputs(name) for name in runs)
     assert default[2][case]["uncertainty"] == "entropy"
     np.testing.assert_array_equal(default[0], soft[0])
     np.testing.assert_array_equal(default[1], soft[1])
