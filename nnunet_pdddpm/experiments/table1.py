@@ -56,8 +56,9 @@ def plot(rows: list[dict], path: Path) -> Path:
         ax.bar([j + i * width for j in range(len(rows))], [r.get(metric, float("nan")) for r in rows], width,
                label=metric.replace("_", " "))
     ax.set_xticks([j + width for j in range(len(rows))], names, rotation=15)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.15)  # room above 1 for the legend: it must not hide a bar (lesion F1 is often above 0.9)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.legend(fontsize=8, loc="upper center", ncol=len(metrics), frameon=False)
     ax.set_title("overlap and detection (higher is better)")
     ax_hd.bar(names, [r.get("hd95", float("nan")) for r in rows], color="tab:gray")
     ax_hd.set_ylabel("HD95 (mm)")

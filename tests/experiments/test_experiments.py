@@ -115,3 +115,24 @@ def test_bad_arguments_are_one_sentence(tmp_path, capsys, args, message):
         main([*args[:1], *paths, *args[1:]])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lesion_f1", [0.93, 1.0])
+def test_metrics_figure_legend_hides_no_bar(tmp_path, monkeypatch, lesion_f1):
+    """The demo's metrics figure once drew its legend over the PD-DDPM lesion F1 bar (values near 1 fill the axes)."""
+    drawn = []
+
+    def keep(fig, path):
+        fig.tight_layout()
+        fig.canvas.draw()
+        drawn.append(fig)
+        return path
+
+    monkeypatch.setattr(table1, "save_figure", keep)
+    rows = [{"method": m, "dice": 0.83, "jaccard": 0.72, "lesion_f1": lesion_f1, "hd95": 3.4}
+            for m in ("pre-segmenter", "PD-DDPM")]
+    table1.plot(rows, tmp_path / "metrics.png")
+    ax = drawn[0].axes[0]
+    legend = ax.get_legend().get_window_extent()
+    bars = [bar.get_window_extent() for bar in ax.patches]
+    assert len(bars) == 6 and not any(legend.overlaps(bar) for bar in bars)
