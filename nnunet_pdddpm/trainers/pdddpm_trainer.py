@@ -54,6 +54,7 @@ from nnunet_pdddpm.precision import autocast
 from nnunet_pdddpm.trainers.ema import EMA
 from nnunet_pdddpm.trainers.pre_segmentation_errors import simulate_pre_segmentation_errors
 from nnunet_pdddpm.trainers.safe_checkpoints import SafeCheckpointMixin
+from nnunet_pdddpm.trainers.sampling_attribute import SamplingAttribute, apply_class_body_sampling
 from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
 from nnunet_pdddpm.trainers.update_guard import NonFiniteMonitor, make_adam, step_unless
 
@@ -86,6 +87,9 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
     uncertainty: str = "variance"  # the map nnunet_pdddpm_predict writes by default (``inference/uncertainty.py``)
     # w of the result (1 - w) * ensemble mean + w * pre-segmenter's probabilities (``inference/fusion.py``)
     pre_segmentation_weight: float = 0.0
+    # the fields above as one SamplingSettings (``sampling_attribute.py``): read it, or set it whole in a subclass
+    # (``sampling = dataclasses.replace(Parent.sampling, t_prime=100, steps=5)``) or on an instance
+    sampling = SamplingAttribute()
     # T' candidates of the final validation's sweep (automatic T', ``inference/t_prime_sweep.py``); () for none.
     # Values above the training timestep range are skipped.
     t_prime_sweep: tuple[int, ...] = (50, 100, 200, 300, 400, 500)
@@ -130,6 +134,7 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
             warnings.warn(f"{cls.__name__}.{old} is deprecated and will be removed in 0.3; set {new} instead (the "
                           f"value is used as {new}).", FutureWarning, stacklevel=2)
             setattr(cls, new, cls.__dict__[old])
+        apply_class_body_sampling(cls)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -455,12 +460,10 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
                 "fp_hard": fp[1:].detach().cpu().numpy(), "fn_hard": fn[1:].detach().cpu().numpy()}
 
     def sampling_defaults(self) -> SamplingSettings:
-        """The sampling class attributes as one value: the final validation's settings and, stored in the
-        checkpoint, ``nnunet_pdddpm_predict``'s defaults."""
-        return SamplingSettings(t_prime=self.t_prime, ensemble_size=self.ensemble_size, sampler=self.sampler,
-                                steps=self.steps, soft_pre_segmentation=self.soft_pre_segmentation,
-                                uncertainty=self.uncertainty,
-                                pre_segmentation_weight=float(self.pre_segmentation_weight))
+        """Deprecated: ``self.sampling`` is the same value."""
+        warnings.warn("sampling_defaults() is deprecated and will be removed in 0.3; read the sampling attribute "
+                      "instead.", FutureWarning, stacklevel=2)
+        return self.sampling
 
     # ---------------------------------------------------------------- checkpoints
     def pdddpm_settings(self) -> dict:
@@ -471,7 +474,7 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
                                                     self.label_manager.num_segmentation_heads),
             "labels": self.labels,
             "num_image_channels": self.num_input_channels,
-            "sampling": self.sampling_defaults().stored(),
+            "sampling": self.sampling.stored(),
             "training": {"timestep_range": self.max_training_timestep,
                          "pre_segmentation_errors": self.pre_segmentation_errors,
                          "pre_segmentation_source": self.pre_segmentation_source,

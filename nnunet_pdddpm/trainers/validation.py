@@ -77,7 +77,7 @@ def run_t_prime_sweep(trainer, predictor, dataset_val, settings: SamplingSetting
 
 def run_final_validation(trainer, save_probabilities: bool = False) -> None:
     pre_folder = find_pre_segmenter_folder(trainer)
-    settings = trainer.sampling_defaults().with_overrides(
+    settings = trainer.sampling.with_overrides(
         vanilla=pre_folder is None, case_scores=False,
         soft_pre_segmentation=trainer.soft_pre_segmentation and pre_folder is not None)
     if settings.vanilla and trainer.max_training_timestep < trainer.diffusion_config.num_train_timesteps:

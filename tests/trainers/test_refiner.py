@@ -23,6 +23,7 @@ from conftest import DATASET, DATASET_ID, nnunet_env
 from nnunet_pdddpm.checkpoints import load_checkpoint_safe
 from nnunet_pdddpm.diffusion import DiffusionConfig, model_output
 from nnunet_pdddpm.errors import PDDDPMUserError
+from nnunet_pdddpm.inference.settings import SamplingSettings
 
 QUICK_DATASET = "Dataset984_PDDDPMFidelityTiny"
 
@@ -53,6 +54,42 @@ def test_every_renamed_attribute_is_handled() -> None:
             warnings.simplefilter("always")
             cls = type("Renamed", (_tiny(),), {old: 7})
         assert getattr(cls, new) == 7 and any(old in str(w.message) for w in caught)
+
+
+def test_sampling_is_one_value_read_from_the_fields_and_set_whole() -> None:
+    """``sampling`` (a SamplingSettings) and its fields are one setting: a class body sets either, a mixin fields."""
+    import dataclasses
+
+    from nnunet_pdddpm import PDDDPMTrainer
+
+    assert PDDDPMTrainer.sampling == SamplingSettings(t_prime=100, ensemble_size=5, sampler="ddim", steps=5,
+                                                      soft_pre_segmentation=True, uncertainty="entropy",
+                                                      pre_segmentation_weight=0.25)
+    whole = type("Whole", (PDDDPMTrainer,), {"sampling": dataclasses.replace(PDDDPMTrainer.sampling, t_prime=40,
+                                                                                 steps=None, sampler="ddpm")})
+    assert (whole.t_prime, whole.steps, whole.sampler, whole.ensemble_size) == (40, None, "ddpm", 5)
+    assert whole.sampling == dataclasses.replace(PDDDPMTrainer.sampling, t_prime=40, steps=None, sampler="ddpm")
+    one_field = type("OneField", (whole,), {"ensemble_size": 3})  # a field of a class that set sampling whole
+    assert one_field.sampling == dataclasses.replace(whole.sampling, ensemble_size=3)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"sampling": SamplingSettings(t_prime=40), "t_prime": 50}, r"^Both sets both sampling and t_prime, which is a "
+                                                                r"field of sampling: set it inside sampling"),
+    ({"sampling": SamplingSettings(confidence_gate=0.9)}, r"^Both\.sampling sets confidence_gate, which a checkpoint "
+                                                          r"does not keep"),
+    ({"sampling": {"t_prime": 40}}, r"^Both\.sampling must be a SamplingSettings, got dict\.$"),
+])
+def test_a_sampling_value_that_would_be_partly_ignored_is_refused(body, message) -> None:
+    with pytest.raises(PDDDPMUserError, match=message):
+        type("Both", (_tiny(),), body)
+
+
+def test_a_mixin_may_not_set_sampling_whole() -> None:
+    """A ``sampling`` value in a mixin would hide every field of the classes after it in the MRO."""
+    mixin = type("Recipe", (), {"sampling": SamplingSettings(t_prime=40)})
+    with pytest.raises(PDDDPMUserError, match=r"^Recipe \(a base of Mixed\) sets sampling but is not a PD-DDPM"):
+        type("Mixed", (mixin, _tiny()), {})
 
 
 def _construct(root: Path, cls, monkeypatch):
@@ -398,14 +435,22 @@ def test_a_trainer_made_in_python_leaves_the_excepthook_alone(nnunet_root, monke
 
 def test_sampling_attributes_travel_as_one_value_to_the_checkpoint_and_back(nnunet_root, monkeypatch) -> None:
     from nnunet_pdddpm import PDDDPMTrainer_tiny_refiner
-    from nnunet_pdddpm.inference.settings import SamplingSettings
 
     trainer = _construct(nnunet_root, PDDDPMTrainer_tiny_refiner, monkeypatch)
-    defaults = trainer.sampling_defaults()
+    defaults = trainer.sampling
     assert (defaults.t_prime, defaults.ensemble_size, defaults.sampler, defaults.steps) == (
         trainer.t_prime, trainer.ensemble_size, trainer.sampler, trainer.steps)
     assert defaults.soft_pre_segmentation is True and defaults.uncertainty == "entropy"
     assert SamplingSettings.from_stored(defaults.stored()) == defaults
+    # set on the instance (nnU-Net style, in a subclass's __init__): whole or one field; what the checkpoint stores
+    # (pdddpm_settings) and the final validation samples with is this value
+    trainer.sampling = SamplingSettings(t_prime=7, ensemble_size=2, sampler="ddim", steps=3)
+    assert (trainer.t_prime, trainer.steps, trainer.soft_pre_segmentation) == (7, 3, False)
+    trainer.ensemble_size = 4
+    assert trainer.sampling == SamplingSettings(t_prime=7, ensemble_size=4, sampler="ddim", steps=3)
+    assert PDDDPMTrainer_tiny_refiner.sampling == defaults  # the class is untouched
+    with pytest.warns(FutureWarning, match="sampling_defaults"):
+        assert trainer.sampling_defaults() == trainer.sampling
     # a checkpoint that stores no start encoding and no map reads as the paper's recipe
     older = SamplingSettings.from_stored({"t_prime": 300, "ensemble_size": 5, "sampler": "ddpm", "steps": None})
     assert older.soft_pre_segmentation is False and older.uncertainty == "variance"
