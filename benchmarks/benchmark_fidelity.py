@@ -130,12 +130,14 @@ def write_splits(raw_dataset: Path, splits_file: Path, folds: int) -> None:
     """nnU-Net's own random split of the training cases into ``folds`` folds, as ``splits_final.json`` (which
     nnU-Net's trainers then use instead of their five); a work folder split otherwise is refused."""
     from nnunetv2.utilities.crossval_split import generate_crossval_split
+    from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
 
     if splits_file.is_file():
         if len(json.loads(splits_file.read_text())) != folds:
             raise SystemExit(f"{splits_file} does not have {folds} folds; use a new work folder (-o).")
         return
-    cases = sorted(f.name[:-len("_0000.nii.gz")] for f in (raw_dataset / "imagesTr").glob("*_0000.nii.gz"))
+    file_ending = json.loads((raw_dataset / "dataset.json").read_text())["file_ending"]
+    cases = get_identifiers_from_splitted_dataset_folder(str(raw_dataset / "imagesTr"), file_ending).tolist()
     write_json_atomic(generate_crossval_split(cases, n_splits=folds), splits_file)
 
 

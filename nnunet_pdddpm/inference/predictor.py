@@ -372,8 +372,8 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         (each holds its probabilities and uncertainty maps): sampling pauses until a slot frees, so memory
         does not grow with the number of cases. A failed export stops the run at once.
         """
-        check_at_least("num_processes_segmentation_export (-nps)", num_processes_segmentation_export, 1)
         workers = num_processes_segmentation_export
+        check_at_least("num_processes_segmentation_export (-nps)", workers, 1)
         results, pending = [], set()
         with ThreadPoolExecutor(workers) as pool:
             for item in tqdm(data_iterator, desc="cases", unit="case", disable=not self.allow_tqdm):
