@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="training and sampling device")
     p.add_argument("--jobs", type=int, default=1,
                    help="trainings run at once (each is its own nnUNetv2_train; default 1)")
+    p.add_argument("--folds", type=int, default=None,
+                   help="nnU-Net's folds per seed (default 5; 2 with --quick): fewer train faster, on fewer cases each")
+    p.add_argument("--without_paper", action="store_true",
+                   help="leave out the paper's recipe (three trainings fewer; its row is then missing)")
     return p
 
 
@@ -318,6 +322,35 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(text)
 
 
+def plateau(curve: dict, last: int = 16) -> dict:
+    """How flat the validation pseudo Dice is at the end: its least-squares slope per 10 epochs over the last
+    ``last`` epochs, and the mean of the last half of them minus the mean of the first half."""
+    d = np.asarray(curve["mean_fg_dice"][-last:], dtype=float)
+    if len(d) < 2:
+        return {"epochs": len(d), "slope_per_10_epochs": float("nan"), "last_half_minus_first_half": float("nan")}
+    half = len(d) // 2
+    return {"epochs": len(d), "slope_per_10_epochs": float(np.polyfit(np.arange(len(d)), d, 1)[0] * 10),
+            "last_half_minus_first_half": float(d[half:].mean() - d[:half].mean())}
+
+
+def plot_curves(curves: dict, path: Path) -> Path:
+    """The plateau check drawn: fold 0's validation pseudo Dice (and nnU-Net's EMA of it) per epoch, one colour a
+    seed."""
+    from nnunet_pdddpm.experiments.report import new_figure, save_figure
+
+    fig, (ax,) = new_figure(1, width=7.0, height=4.0)
+    for i, (seed, curve) in enumerate(curves.items()):
+        colour = f"C{i}"
+        ax.plot(curve["mean_fg_dice"], color=colour, alpha=0.45, linewidth=1, label=f"seed {seed}")
+        ax.plot(curve["ema_fg_dice"], color=colour, linewidth=2, label=f"seed {seed}, EMA")
+    ax.set_xlabel("epoch (25 iterations)")
+    ax.set_ylabel("validation pseudo Dice (fold 0)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8, ncol=2)
+    return save_figure(fig, path)
+
+
 def format_curve(curve: dict, every: int) -> str:
     d, e = curve["mean_fg_dice"], curve["ema_fg_dice"]
     epochs = sorted({*range(0, len(d), every), len(d) - 1})
@@ -338,6 +371,13 @@ COLUMNS = ("method", "sampler", "seeds", "t_prime_per_seed", "cases", "dice", "h
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup = QUICK if args.quick else FULL
+    if args.without_paper:
+        setup = dataclasses.replace(setup, paper=None)
+    if args.folds is not None:
+        if args.folds < 2:
+            raise SystemExit(f"--folds must be at least 2 (the refiner trains on the other folds' predictions), "
+                             f"not {args.folds}.")
+        setup = dataclasses.replace(setup, folds=args.folds)
     work = Path(args.output).resolve()
     start = time.perf_counter()
     dataset, env = prepare_dataset(work, setup, args.num_processes)
@@ -350,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         results += score_seed(work, seed, dataset, setup, args.device)
         curves[seed] = learning_curve(work, seed, dataset.name, setup.pre_segmenter)
+        curves[seed]["plateau"] = plateau(curves[seed])
     rows = summarise(results)
     wall = time.perf_counter() - start
     print()
@@ -357,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nnnU-Net fold 0 validation pseudo Dice per epoch (plateau check):")
     for seed, curve in curves.items():
         print(f"  seed {seed}: {format_curve(curve, max(1, len(curve['mean_fg_dice']) // 8))}")
+        flat = curve["plateau"]
+        print(f"    last {flat['epochs']} epochs: slope {flat['slope_per_10_epochs']:+.4f} per 10 epochs, last half "
+              f"minus first half {flat['last_half_minus_first_half']:+.4f}")
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
     print(f"\nseeds {args.seeds}; n = seeds x test cases; wall time {wall / 60:.1f} min (this run; trainings and "
           f"samples found in the work folder are reused); {os.cpu_count()} CPU cores" + (f", {gpu}" if gpu else ""))
@@ -367,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     write_rows([{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows],
                COLUMNS, work / "refiner.csv")
     write_json_atomic({**meta, "rows": rows}, work / "refiner.json", strict=True)
+    print(f"learning curves: {plot_curves(curves, work / 'learning_curves.png')}")
     return 0
 
 

@@ -166,7 +166,7 @@ def trained(nnunet_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def refiner_quick(tmp_path_factory) -> Path:
-    """``benchmarks/benchmark_refiner.py --quick`` run once (its tiny dataset, plain nnU-Net on five folds, the refiner,
+    """``benchmarks/benchmark_refiner.py --quick`` run once (its tiny dataset, plain nnU-Net on two folds, the refiner,
     the same nnU-Net trained more, a second seed's nnU-Net, the table): its work folder. The fidelity benchmark's
     quick test runs in the same folder and reuses its dataset and preprocessing."""
     def run(work: Path) -> None:

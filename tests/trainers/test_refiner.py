@@ -203,7 +203,13 @@ def test_benchmark_rows_and_uncertainty_figures(quick) -> None:
     assert refiner["error_auroc"]["entropy"] == pytest.approx(np.mean([a for _, a in entropy_run]), abs=1e-6)
     assert set(refiner["error_auroc"]) >= {"variance", "entropy"}
     assert "delta_dice_vs_more" in refiner and "delta_dice_vs_ensemble" in refiner
-    assert len(result["learning_curves"]["0"]["mean_fg_dice"]) == 2  # the tiny run's two epochs
+    curve = result["learning_curves"]["0"]
+    assert len(curve["mean_fg_dice"]) == 2  # the tiny run's two epochs
+    # the plateau check on two epochs is the line through them: slope and half difference are their difference
+    rise = curve["mean_fg_dice"][1] - curve["mean_fg_dice"][0]
+    assert curve["plateau"]["slope_per_10_epochs"] == pytest.approx(10 * rise, abs=1e-9)
+    assert curve["plateau"]["last_half_minus_first_half"] == pytest.approx(rise, abs=1e-12)
+    assert (quick / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve, drawn
 
 
 def _quick_trainer(work: Path, cls, monkeypatch):
