@@ -326,8 +326,8 @@ def plateau(curve: dict, last: int = 16) -> dict:
     """How flat the validation pseudo Dice is at the end: its least-squares slope per 10 epochs over the last
     ``last`` epochs, and the mean of the last half of them minus the mean of the first half."""
     d = np.asarray(curve["mean_fg_dice"][-last:], dtype=float)
-    if len(d) < 2:
-        return {"epochs": len(d), "slope_per_10_epochs": float("nan"), "last_half_minus_first_half": float("nan")}
+    if len(d) < 2:  # no line through one point; None, not NaN, so refiner.json stays strict JSON
+        return {"epochs": len(d), "slope_per_10_epochs": None, "last_half_minus_first_half": None}
     half = len(d) // 2
     return {"epochs": len(d), "slope_per_10_epochs": float(np.polyfit(np.arange(len(d)), d, 1)[0] * 10),
             "last_half_minus_first_half": float(d[half:].mean() - d[:half].mean())}
@@ -399,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed, curve in curves.items():
         print(f"  seed {seed}: {format_curve(curve, max(1, len(curve['mean_fg_dice']) // 8))}")
         flat = curve["plateau"]
+        if flat["slope_per_10_epochs"] is None:
+            print(f"    {flat['epochs']} epoch: too few for a plateau check")
+            continue
         print(f"    last {flat['epochs']} epochs: slope {flat['slope_per_10_epochs']:+.4f} per 10 epochs, last half "
               f"minus first half {flat['last_half_minus_first_half']:+.4f}")
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
