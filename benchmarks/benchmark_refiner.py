@@ -68,6 +68,7 @@ class Setup:
     ensemble_size: int
     paper: str | None = None  # the paper's recipe at the refiner's budget (head-to-head row; None: not run)
     folds: int = 5  # nnU-Net's folds of each seed (another number is written as the dataset's splits_final.json)
+    tag: str = ""  # of the sampling folder and the outputs: another refiner in the same work folder samples apart
 
 
 FULL = Setup(FIDELITY.dataset, FIDELITY.dataset_id, FIDELITY.dataset_name, "nnUNetTrainer_refinerCPU",
@@ -76,6 +77,9 @@ FULL = Setup(FIDELITY.dataset, FIDELITY.dataset_id, FIDELITY.dataset_name, "nnUN
 QUICK = Setup(FIDELITY_QUICK.dataset, FIDELITY_QUICK.dataset_id, FIDELITY_QUICK.dataset_name, "nnUNetTrainer_tiny",
               "PDDDPMTrainer_tiny_refiner", "nnUNetTrainer_tiny_more", (("auto", REFINER_MAPS),), 2, 2,
               folds=FIDELITY_QUICK.folds)
+#: --refiner_budget 3: the refiner and the same nnU-Net trained three times as long (the nnU-Nets are shared)
+BUDGET_X3 = {"refiner": "PDDDPMTrainer_refinerCPU_x3", "more": "nnUNetTrainer_refinerCPU_more_x3", "paper": None,
+             "tag": "_x3"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nnU-Net's folds per seed (default 5; 2 with --quick): fewer train faster, on fewer cases each")
     p.add_argument("--without_paper", action="store_true",
                    help="leave out the paper's recipe (three trainings fewer; its row is then missing)")
+    p.add_argument("--refiner_budget", type=int, choices=(1, 3), default=1,
+                   help="the refiner's training budget in units of 300 iterations of 13 (default 1); 3 trains "
+                        "PDDDPMTrainer_refinerCPU_x3 and nnUNetTrainer_refinerCPU_more_x3 on the same nnU-Nets, "
+                        "without the paper's recipe, and writes refiner_x3.json/.csv beside the default's")
     return p
 
 
@@ -118,7 +126,7 @@ def _runner(work: Path, seed: int, dataset: Path, setup: Setup, segmenter_seed: 
                             str(model_folder(work, segmenter_seed, dataset.name, segmenter)), folds=(0,),
                             device=device, performance=PerformanceSettings(max_batch_size=32))
     return ExperimentRunner(models, dataset / "imagesTs", dataset / "labelsTs",
-                            work / "sampling" / f"seed{seed}" / name, verbose=False)
+                            work / f"sampling{setup.tag}" / f"seed{seed}" / name, verbose=False)
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -373,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     setup = QUICK if args.quick else FULL
     if args.without_paper:
         setup = dataclasses.replace(setup, paper=None)
+    if args.refiner_budget == 3:
+        if args.quick:
+            raise SystemExit("--refiner_budget 3 is for the full benchmark; drop --quick or the budget.")
+        setup = dataclasses.replace(setup, **BUDGET_X3)
     if args.folds is not None:
         if args.folds < 2:
             raise SystemExit(f"--folds must be at least 2 (the refiner trains on the other folds' predictions), "
@@ -412,9 +424,9 @@ def main(argv: list[str] | None = None) -> int:
             "learning_curves": curves,
             "setup": {k: v for k, v in setup.__dict__.items() if k != "dataset"}, "per_case": results}
     write_rows([{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows],
-               COLUMNS, work / "refiner.csv")
-    write_json_atomic({**meta, "rows": rows}, work / "refiner.json", strict=True)
-    print(f"learning curves: {plot_curves(curves, work / 'learning_curves.png')}")
+               COLUMNS, work / f"refiner{setup.tag}.csv")
+    write_json_atomic({**meta, "rows": rows}, work / f"refiner{setup.tag}.json", strict=True)
+    print(f"learning curves: {plot_curves(curves, work / f'learning_curves{setup.tag}.png')}")
     return 0
 
 

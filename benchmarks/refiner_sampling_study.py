@@ -4,7 +4,8 @@ On a work folder of ``benchmark_refiner`` (its trained models of ``--seeds``), a
 ensemble of 5 and the entropy map, per seed: DDIM 5 steps (the ensemble alone), DDIM 10 steps, ancestral DDPM with every
 step (the best the sampler can do; 300 network evaluations per sample), and DDIM 5 steps fused with nnU-Net's softmax
 (``-preseg_weight`` 0.25, the refiner's default, or 0.5) or gated by the ensemble's confidence
-(``-confidence_gate 0.9``: below it nnU-Net's probabilities are kept). Each against nnU-Net and against DDIM 5
+(``-confidence_gate 0.9``: below it nnU-Net's probabilities are kept) or with lesion detection left to nnU-Net
+(``--lesion_gate``, alone or with fusion 0.25). Each against nnU-Net and against DDIM 5
 unfused, paired over cases. The error-AUROC is that of the entropy map predict writes: with fusion or gating the
 entropy of the delivered probabilities, for nnU-Net its softmax entropy.
 
@@ -39,6 +40,9 @@ SETTINGS = {  # name: (label, SamplingSettings changes)
                                                                   "pre_segmentation_weight": 0.25}),
     "fused": ("DDIM 5, fused with nnU-Net (w 0.5)", {"sampler": "ddim", "steps": 5, "pre_segmentation_weight": 0.5}),
     "gated": ("DDIM 5, confidence gate 0.9", {"sampler": "ddim", "steps": 5, "confidence_gate": 0.9}),
+    "lesion": ("DDIM 5, lesion gate", {"sampler": "ddim", "steps": 5, "lesion_gate": True}),
+    "fused25_lesion": ("DDIM 5, fused w 0.25 + lesion gate", {"sampler": "ddim", "steps": 5,
+                                                             "pre_segmentation_weight": 0.25, "lesion_gate": True}),
 }
 DEFAULT = "ddim5"  # the reference every setting is paired with: the ensemble alone
 DEMO = Setup(None, 986, "PDDDPMDemoCPU", "nnUNetTrainer_demoCPU", "PDDDPMTrainer_demoCPU_refiner", "", (), 5, 5)
@@ -80,7 +84,7 @@ def study_seed(work: Path, seed: int, dataset: Path, device: str, setup: Setup, 
         label, changes = SETTINGS[key]
         # unfused unless the setting says so: the trainer's default fusion is itself one of the settings
         settings = runner.settings(t_prime=t_prime, ensemble_size=setup.ensemble_size, uncertainty="entropy",
-                                   **{"pre_segmentation_weight": 0.0, **changes})
+                                   **{"pre_segmentation_weight": 0.0, "lesion_gate": False, **changes})
         name = f"study_t{t_prime}_{key}"
         if not (runner.output / "evaluation" / f"{name}.json").is_file():
             start = time.perf_counter()

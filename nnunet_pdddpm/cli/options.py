@@ -78,6 +78,14 @@ def add_sampling_options(group) -> None:
     group.add_argument("-confidence_gate", type=float, default=None,
                        help="Keep the ensemble's probabilities only where its largest mean class probability is at "
                             "least this, elsewhere the pre-segmenter's; in (1/K, 1] for K classes. Default: no gate.")
+    lesions = group.add_mutually_exclusive_group()
+    lesions.add_argument("--lesion_gate", dest="lesion_gate", action="store_const", const=True, default=None,
+                         help="Leave lesion detection to the pre-segmenter: a lesion (connected component) the result "
+                              "adds where the pre-segmenter has none, or one of the pre-segmenter's it no longer "
+                              "touches, takes the pre-segmenter's probabilities; the denoiser only reshapes lesions. "
+                              "Default: the denoiser trainer's (PDDDPMTrainer_paper: off).")
+    lesions.add_argument("--no_lesion_gate", dest="lesion_gate", action="store_const", const=False,
+                         help="No lesion gate, whatever the denoiser trainer's default.")
 
 
 def add_uncertainty_options(group) -> None:
@@ -172,8 +180,10 @@ def sampling_overrides(args: argparse.Namespace) -> dict:
 
 
 def fusion_overrides(args: argparse.Namespace) -> dict:
-    """``-preseg_weight`` and ``-confidence_gate`` as ``SamplingSettings`` fields (unset ones left out)."""
-    given = {"pre_segmentation_weight": args.preseg_weight, "confidence_gate": args.confidence_gate}
+    """``-preseg_weight``, ``-confidence_gate`` and ``--lesion_gate`` as ``SamplingSettings`` fields (unset ones
+    left out)."""
+    given = {"pre_segmentation_weight": args.preseg_weight, "confidence_gate": args.confidence_gate,
+             "lesion_gate": args.lesion_gate}
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -21,6 +21,8 @@ def describe(settings: SamplingSettings, num_train_timesteps: int) -> str:
         text += f", fused with the pre-segmenter (w {settings.pre_segmentation_weight:g})"
     if settings.confidence_gate is not None:
         text += f", confidence gate {settings.confidence_gate:g}"
+    if settings.lesion_gate:
+        text += ", lesion gate"
     return text
 
 

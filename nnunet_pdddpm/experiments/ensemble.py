@@ -4,8 +4,8 @@ Samples are reused: each repeat draws ``max(values)`` single-member samples per 
 of repeat ``r`` uses seed ``seed + 1000 r + m``), and the ensemble of size ``n`` is the mean of
 the first ``n`` of them, so a sweep over 1..10 costs 10 samples per case and repeat, not 55. The
 sub-ensembles of one repeat are therefore nested, as when an ensemble is grown one sample at a time.
-Fusion with the pre-segmenter (``-preseg_weight``, ``-confidence_gate``) applies to each sub-ensemble's mean,
-as in prediction, not to its members.
+Fusion with the pre-segmenter (``-preseg_weight``, ``-confidence_gate``, ``--lesion_gate``) applies to each
+sub-ensemble's mean, as in prediction, not to its members.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def run(runner: ExperimentRunner, output: Path, sampling: dict, values: Sequence
     base = runner.settings(**sampling)
     # one sample from every selected fold per member: with several folds, a size here counts per fold
     member = replace(base, ensemble_size=1, ensemble_per_fold=True, uncertainty="none", case_scores=False,
-                     pre_segmentation_weight=0.0, confidence_gate=None)
+                     pre_segmentation_weight=0.0, confidence_gate=None, lesion_gate=False)
     pre = runner.pre_segmentation()
     runs = {n: [] for n in sizes}
     for r in range(repeats):
@@ -58,7 +58,7 @@ def run(runner: ExperimentRunner, output: Path, sampling: dict, values: Sequence
                     if base.fuses_pre_segmentation:
                         probabilities = fuse_with_pre_segmentation(
                             probabilities, pre.probabilities(*runner.case_data(case), case).float(),
-                            base.pre_segmentation_weight, base.confidence_gate)
+                            base.pre_segmentation_weight, base.confidence_gate, base.lesion_gate)
                     runner.export(name, case, probabilities, None, nfe[case], seconds[case])
                 runs[m + 1].append(runner.evaluate(name))
                 dice = runs[m + 1][-1].metrics.get("dice", float("nan"))

@@ -209,9 +209,9 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
 
         ``sampling``, ``pre_segmentation`` and ``performance`` default to those of :meth:`configure` and the
         constructor; the result depends on nothing else (and on ``sampling.seed``, not on batch layout).
-        With ``-preseg_weight`` or ``-confidence_gate`` the probabilities are fused with the pre-segmenter's after
-        aggregation over patches (``fusion.py``); the ``entropy`` map (and the scores' mean uncertainty) is then
-        that of the fused probabilities, the other maps and the pairwise Dice stay the ensemble's.
+        With ``-preseg_weight``, ``-confidence_gate`` or ``--lesion_gate`` the probabilities are fused with the
+        pre-segmenter's after aggregation over patches (``fusion.py``); the ``entropy`` map (and the scores' mean
+        uncertainty) is then that of the fused probabilities, the other maps and the pairwise Dice stay the ensemble's.
         """
         sampling = self.sampling if sampling is None else sampling
         pre_segmentation = self.pre_segmentation if pre_segmentation is None else pre_segmentation
@@ -237,7 +237,7 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         final = result.probabilities
         if sampling.fuses_pre_segmentation:
             final = fuse_with_pre_segmentation(final, pre_probabilities.to(results), sampling.pre_segmentation_weight,
-                                               sampling.confidence_gate)
+                                               sampling.confidence_gate, sampling.lesion_gate)
             if sampling.uncertainty == "entropy":  # the entropy of what is delivered (fusion.py)
                 per_class = None if result.class_uncertainty is None else binary_entropy(final)
                 result = replace(result, uncertainty=predictive_entropy(final), class_uncertainty=per_class)

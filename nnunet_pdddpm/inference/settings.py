@@ -15,7 +15,7 @@ from nnunet_pdddpm.errors import PDDDPMUserError
 #: the maps of ``uncertainty.py``; ``none`` writes no map
 UNCERTAINTY_KINDS = ("variance", "entropy", "expected_entropy", "mutual_information", "none")
 #: the settings that mix the pre-segmenter's probabilities into the result (meaningless for vanilla sampling)
-FUSION_FIELDS = ("pre_segmentation_weight", "confidence_gate")
+FUSION_FIELDS = ("pre_segmentation_weight", "confidence_gate", "lesion_gate")
 
 
 def check_at_least(flag: str, value: int | float | None, low: int | float) -> None:
@@ -72,6 +72,10 @@ class SamplingSettings:
         probability reaches the gate, elsewhere the pre-segmenter's; valid in (1/K, 1] (the largest of K
         probabilities is never below 1/K, so a lower gate never keeps the pre-segmentation), checked in (0, 1]
         here and against K by the predictor.
+    lesion_gate: lesion detection stays the pre-segmenter's: a lesion (connected component of a foreground class)
+        the result adds where the pre-segmenter has none, or one of the pre-segmenter's the result no longer
+        touches, takes the pre-segmenter's probabilities; the refiner reshapes lesions but neither adds nor
+        removes them (``fusion.keep_pre_segmented_lesions``).
     case_scores: also score each case (pairwise Dice of the members, mean uncertainty); stitching every
         member's patches costs M x K floats per voxel while a case is sampled.
     """
@@ -88,6 +92,7 @@ class SamplingSettings:
     soft_pre_segmentation: bool = False
     pre_segmentation_weight: float = 0.0
     confidence_gate: float | None = None
+    lesion_gate: bool = False
     case_scores: bool = True
 
     def __post_init__(self) -> None:
@@ -110,13 +115,13 @@ class SamplingSettings:
         if self.confidence_gate is not None and not 0 < self.confidence_gate <= 1:
             raise PDDDPMUserError(f"-confidence_gate must be in (1/K, 1] for K classes, got {self.confidence_gate}.")
         if self.vanilla and self.fuses_pre_segmentation:
-            raise PDDDPMUserError("-preseg_weight and -confidence_gate mix in the pre-segmenter's probabilities, "
-                                  "which --vanilla does not use; drop them or --vanilla.")
+            raise PDDDPMUserError("-preseg_weight, -confidence_gate and --lesion_gate mix in the pre-segmenter's "
+                                  "probabilities, which --vanilla does not use; drop them or --vanilla.")
 
     @property
     def fuses_pre_segmentation(self) -> bool:
         """Whether the result mixes in the pre-segmenter's probabilities (``fusion.py``)."""
-        return self.pre_segmentation_weight > 0 or self.confidence_gate is not None
+        return self.pre_segmentation_weight > 0 or self.confidence_gate is not None or self.lesion_gate
 
     def with_overrides(self, **changes) -> SamplingSettings:
         """These settings with ``changes`` (None values ignored); a new ``sampler`` without ``steps`` drops the
@@ -126,7 +131,7 @@ class SamplingSettings:
         if changes.get("sampler", self.sampler) != self.sampler and "steps" not in changes:
             changes["steps"] = None
         if changes.get("vanilla", self.vanilla) and not any(f in changes for f in FUSION_FIELDS):
-            changes.update(pre_segmentation_weight=0.0, confidence_gate=None)
+            changes.update(pre_segmentation_weight=0.0, confidence_gate=None, lesion_gate=False)
         return replace(self, **changes)
 
     def at_t_prime(self, t_prime: int) -> SamplingSettings:
@@ -187,7 +192,7 @@ class SamplingSettings:
 
 #: what a checkpoint stores of its trainer's sampling (the rest is chosen per prediction run)
 STORED_FIELDS = ("t_prime", "ensemble_size", "sampler", "steps", "soft_pre_segmentation", "uncertainty",
-                 "pre_segmentation_weight")
+                 "pre_segmentation_weight", "lesion_gate")
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,8 @@ def test_bad_inputs_get_one_clear_sentence(first_run, tmp_path):
         "-preseg_weight must be in [0, 1], got 1.5.": [*args, "-preseg_weight", "1.5"],
         "-confidence_gate must be in (1/K, 1]": [*args, "-confidence_gate", "0"],
         "--vanilla does not use": [*args, "-confidence_gate", "0.9", "--vanilla"],
+        "--lesion_gate mix in the pre-segmenter's probabilities, which --vanilla": [*args, "--lesion_gate",
+                                                                                    "--vanilla"],
         # known only once the model is loaded: two classes, so the gate must exceed 1/2
         "-confidence_gate must be above 1/K = 0.5": [*args, "-confidence_gate", "0.5"],
         "variance and entropy only": [*args, "-uncertainty", "mutual_information", "--uncertainty_per_class"],

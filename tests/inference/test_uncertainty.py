@@ -197,12 +197,79 @@ def test_fusion_and_gate_change_exactly_the_voxels_they_should():
     np.testing.assert_allclose(both, np.where(confident, (1 - w) * ensemble + w * pre, pre), atol=1e-7)
 
 
+def _components_brute_force(mask: np.ndarray) -> list[set]:
+    """Fully connected components by SimpleITK (independent of the scipy labelling fusion.py uses)."""
+    import SimpleITK as sitk
+    labeled = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    return [set(zip(*np.nonzero(labeled == i))) for i in range(1, int(labeled.max()) + 1)]
+
+
+def _blobs(rng, shape, k: int) -> np.ndarray:
+    """Label maps of K classes with a few small blobs of each foreground class."""
+    labels = np.zeros(shape, dtype=np.int64)
+    for c in range(1, k):
+        for _ in range(4):
+            corner = [rng.integers(0, n - 2) for n in shape]
+            size = [rng.integers(1, 4) for _ in shape]
+            labels[tuple(slice(a, a + b) for a, b in zip(corner, size))] = c
+    return labels
+
+
+def _soft(labels: np.ndarray, k: int, rng) -> torch.Tensor:
+    onehot = np.eye(k)[labels].transpose(-1, *range(labels.ndim))
+    p = 0.7 * onehot + 0.3 * rng.dirichlet(np.ones(k), size=labels.shape).transpose(-1, *range(labels.ndim))
+    return torch.from_numpy(p).float()
+
+
+@pytest.mark.parametrize("shape, k", [((12, 12), 2), ((12, 12), 3), ((6, 8, 8), 2), ((6, 8, 8), 3)])
+def test_lesion_gate_leaves_detection_to_the_pre_segmenter(shape, k):
+    """Every refined lesion with no pre-segmented voxel of its class, and every pre-segmented lesion the refined
+    argmax no longer touches, takes the pre-segmenter's probabilities (components by SimpleITK); nothing else
+    changes, and afterwards each class's lesions of the result and of the pre-segmentation detect each other."""
+    from nnunet_pdddpm.evaluation.lesions import lesion_precision, lesion_recall
+
+    rng = np.random.default_rng(sum(shape) + k)
+    gated_somewhere = False
+    for _ in range(5):
+        refined_labels, pre_labels = _blobs(rng, shape, k), _blobs(rng, shape, k)
+        # a shared lesion, reshaped by the refiner: kept as refined
+        refined_labels[(0,) * len(shape)] = pre_labels[(0,) * len(shape)] = 1
+        refined, pre = _soft(refined_labels, k, rng), _soft(pre_labels, k, rng)
+        expected = np.zeros(shape, dtype=bool)
+        for c in range(1, k):
+            for source, other in ((refined_labels == c, pre_labels == c), (pre_labels == c, refined_labels == c)):
+                for voxels in _components_brute_force(source):
+                    if not any(other[v] for v in voxels):
+                        expected[tuple(np.array(sorted(voxels)).T)] = True
+        gated_somewhere |= bool(expected.any())
+        out = fuse_with_pre_segmentation(refined, pre, 0.0, None, lesion_gate=True)
+        torch.testing.assert_close(out, torch.where(torch.from_numpy(expected), pre, refined), atol=0, rtol=0)
+        out_labels = out.argmax(0).numpy()
+        for c in range(1, k):
+            assert lesion_precision(pre_labels == c, out_labels == c) == 1.0
+            assert lesion_recall(pre_labels == c, out_labels == c) == 1.0
+    assert gated_somewhere
+    # nothing to gate: the refined tensor itself
+    same = _soft(pre_labels, k, rng)
+    assert fuse_with_pre_segmentation(same, _soft(pre_labels, k, rng), 0.0, None, lesion_gate=True) is same
+
+
+def test_lesion_gate_applies_after_fusion_and_confidence_gate():
+    rng = np.random.default_rng(3)
+    refined, pre = _soft(_blobs(rng, (10, 10), 2), 2, rng), _soft(_blobs(rng, (10, 10), 2), 2, rng)
+    from nnunet_pdddpm.inference.fusion import keep_pre_segmented_lesions
+    both = fuse_with_pre_segmentation(refined, pre, 0.25, 0.8, lesion_gate=True)
+    torch.testing.assert_close(both, keep_pre_segmented_lesions(fuse_with_pre_segmentation(refined, pre, 0.25, 0.8),
+                                                                pre), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"pre_segmentation_weight": 1.5}, "-preseg_weight must be in [0, 1], got 1.5."),
     ({"pre_segmentation_weight": float("nan")}, "-preseg_weight must be in [0, 1]"),
     ({"confidence_gate": 0.0}, "-confidence_gate must be in (1/K, 1]"),
     ({"confidence_gate": 1.2}, "-confidence_gate must be in (1/K, 1]"),
     ({"confidence_gate": 0.8, "vanilla": True}, "which --vanilla does not use"),
+    ({"lesion_gate": True, "vanilla": True}, "which --vanilla does not use"),
     ({"uncertainty": "mutual_information", "uncertainty_per_class": True}, "variance and entropy only"),
 ])
 def test_bad_fusion_and_uncertainty_settings_are_refused(fields, message):

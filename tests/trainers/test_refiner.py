@@ -64,7 +64,7 @@ def test_sampling_is_one_value_read_from_the_fields_and_set_whole() -> None:
 
     assert PDDDPMTrainer.sampling == SamplingSettings(t_prime=100, ensemble_size=5, sampler="ddim", steps=5,
                                                       soft_pre_segmentation=True, uncertainty="entropy",
-                                                      pre_segmentation_weight=0.25)
+                                                      pre_segmentation_weight=0.25, lesion_gate=True)
     whole = type("Whole", (PDDDPMTrainer,), {"sampling": dataclasses.replace(PDDDPMTrainer.sampling, t_prime=40,
                                                                                  steps=None, sampler="ddpm")})
     assert (whole.t_prime, whole.steps, whole.sampler, whole.ensemble_size) == (40, None, "ddpm", 5)
@@ -111,6 +111,7 @@ def _construct(root: Path, cls, monkeypatch):
     ("t_prime_sweep", (0, 10), r"Bad\.t_prime_sweep must hold integers in \(0, 1000\]"),
     ("uncertainty", "std", r"Bad\.uncertainty must be one of variance, entropy, .*got 'std'"),
     ("pre_segmentation_weight", 1.5, r"Bad\.pre_segmentation_weight must be a number in \[0, 1\], got 1\.5"),
+    ("lesion_gate", "yes", r"Bad\.lesion_gate must be True or False, got 'yes'"),
     ("warm_start", "pre_segmenter", r"Bad\.warm_start needs diffusion_config = DiffusionConfig"),
 ])
 def test_invalid_attribute_is_refused_at_construction(nnunet_root, monkeypatch, attribute, value, message) -> None:
@@ -175,6 +176,7 @@ def test_refiner_checkpoint_records_its_warm_start_and_soft_starts(quick) -> Non
     assert ckpt["pdddpm"]["sampling"]["soft_pre_segmentation"] is True
     assert ckpt["pdddpm"]["sampling"]["uncertainty"] == "entropy"
     assert ckpt["pdddpm"]["sampling"]["pre_segmentation_weight"] == 0.25
+    assert ckpt["pdddpm"]["sampling"]["lesion_gate"] is True
     assert (_folder(quick, "PDDDPMTrainer_tiny_refiner") / "fold_0" / "pdddpm_t_prime.json").is_file()
     # the quick run's own two folds: nnU-Net trained each on the other's validation cases, and nothing else
     splits = load_json(quick / "nnUNet_preprocessed" / QUICK_DATASET / "splits_final.json")
@@ -315,6 +317,7 @@ def test_default_trainer_is_the_refiner_and_the_papers_recipe_keeps_its_name() -
     assert PDDDPMTrainer.pre_segmenter_trainers == ("nnUNetTrainer",)
     assert (PDDDPMTrainer.sampler, PDDDPMTrainer.steps, PDDDPMTrainer.ensemble_size) == ("ddim", 5, 5)
     assert PDDDPMTrainer.pre_segmentation_weight == 0.25 and PDDDPMTrainer_paper.pre_segmentation_weight == 0
+    assert PDDDPMTrainer.lesion_gate is True and PDDDPMTrainer_paper.lesion_gate is False
     paper = PDDDPMTrainer_paper
     assert paper.warm_start is None and paper.diffusion_config == DiffusionConfig()
     assert (paper.t_prime, paper.ensemble_size, paper.sampler, paper.steps) == (300, 5, "ddpm", None)
@@ -358,10 +361,33 @@ def test_benchmark_trains_every_denoiser_after_the_folds_it_reads() -> None:
     assert sorted(quick_first) == [(0, QUICK.pre_segmenter, f) for f in (0, 1)] + [(1, QUICK.pre_segmenter, 0)]
 
 
+def test_benchmark_at_three_times_the_refiners_budget_shares_the_nnunets_and_samples_apart(tmp_path) -> None:
+    """``--refiner_budget 3`` trains the x3 refiner and nnU-Net-more on the same plateaued nnU-Nets; its samples and
+    outputs go beside the default's, so neither run reuses the other's predictions of another model."""
+    import dataclasses
+
+    import nnunet_pdddpm.trainers as trainers
+    from benchmarks.benchmark_refiner import BUDGET_X3, FULL, main, training_stages
+
+    x3 = dataclasses.replace(FULL, **BUDGET_X3)
+    first, second = training_stages([0], x3)
+    assert first == training_stages([0], FULL)[0]
+    assert second == [(0, "PDDDPMTrainer_refinerCPU_x3", 0), (0, "nnUNetTrainer_refinerCPU_more_x3", 0)]
+    for base, longer in (("PDDDPMTrainer_refinerCPU", "PDDDPMTrainer_refinerCPU_x3"),
+                         ("nnUNetTrainer_refinerCPU_more", "nnUNetTrainer_refinerCPU_more_x3")):
+        a, b = getattr(trainers, base).init_settings, getattr(trainers, longer).init_settings
+        assert b == {**a, "num_epochs": 3 * a["num_epochs"]}
+    assert x3.tag != FULL.tag and x3.paper is None  # its sampling folder and outputs: sampling_x3, refiner_x3
+    with pytest.raises(SystemExit, match="--refiner_budget 3 is for the full benchmark"):
+        main(["-o", str(tmp_path / "work"), "--quick", "--refiner_budget", "3"])
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.slow
 def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(quick, tmp_path) -> None:
-    """Without flags, predict samples from the refiner's stored soft start and writes its entropy map; the CLI's
-    own defaults must not override what the checkpoint says (a silent switch to the paper's argmax)."""
+    """Without flags, predict samples from the refiner's stored soft start, fusion and lesion gate and writes its
+    entropy map; the CLI's own defaults must not override what the checkpoint says (a silent switch to the paper's
+    argmax)."""
     import numpy as np
     import SimpleITK as sitk
     from conftest import cli_runs, run_cli
@@ -377,9 +403,10 @@ def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(qui
         (one_case / image.name).write_bytes(image.read_bytes())
 
     runs = {"default": [],
-            "soft": ["--soft_pre_segmentation", "-uncertainty", "entropy", "-preseg_weight", "0.25"],
+            "soft": ["--soft_pre_segmentation", "-uncertainty", "entropy", "-preseg_weight", "0.25", "--lesion_gate"],
             "hard": ["--hard_pre_segmentation"],
-            "unfused": ["-preseg_weight", "0"]}
+            "unfused": ["-preseg_weight", "0", "--no_lesion_gate"],
+            "ungated": ["--no_lesion_gate"]}
     # the four predictions in one process (the console script's main, one import of the stack)
     cli_runs("nnunet_pdddpm.cli.predict", [
         ["-i", str(one_case), "-o", str(tmp_path / name), "-d", QUICK_DATASET, "-c", "2d", "-f", "0",
@@ -393,7 +420,7 @@ def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(qui
         probabilities = np.load(out / f"{case}.npz")["probabilities"]
         return probabilities, unc, json.loads((out / "uncertainty" / "case_scores.json").read_text())
 
-    default, soft, hard, unfused = (outputs(name) for name in runs)
+    default, soft, hard, unfused, ungated = (outputs(name) for name in runs)
     assert default[2][case]["uncertainty"] == "entropy"
     np.testing.assert_array_equal(default[0], soft[0])
     np.testing.assert_array_equal(default[1], soft[1])
@@ -403,8 +430,15 @@ def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(qui
              "-f", "0", "-tr", "nnUNetTrainer_tiny", "-device", "cpu", "-npp", "1", "-nps", "1",
              "--save_probabilities", "--disable_progress_bar"], env)
     nnunet = np.load(tmp_path / "nnunet" / f"{case}.npz")["probabilities"]
-    assert not np.allclose(default[0], unfused[0], atol=1e-3)
-    np.testing.assert_allclose(default[0], 0.75 * unfused[0] + 0.25 * nnunet, atol=1e-3)
+    assert not np.allclose(ungated[0], unfused[0], atol=1e-3)
+    np.testing.assert_allclose(ungated[0], 0.75 * unfused[0] + 0.25 * nnunet, atol=1e-3)
+    # the stored lesion gate: where it acts, nnU-Net's probabilities; the lesions are nnU-Net's
+    from nnunet_pdddpm.evaluation.lesions import lesion_precision, lesion_recall
+
+    gated = (default[0] != ungated[0]).any(0)
+    np.testing.assert_allclose(default[0][:, gated], nnunet[:, gated], atol=1e-3)
+    mine, theirs = default[0].argmax(0) == 1, nnunet.argmax(0) == 1
+    assert lesion_precision(theirs, mine) == 1.0 and lesion_recall(theirs, mine) == 1.0
 
 
 @pytest.mark.slow
@@ -448,6 +482,11 @@ def test_sampling_attributes_travel_as_one_value_to_the_checkpoint_and_back(nnun
         trainer.t_prime, trainer.ensemble_size, trainer.sampler, trainer.steps)
     assert defaults.soft_pre_segmentation is True and defaults.uncertainty == "entropy"
     assert SamplingSettings.from_stored(defaults.stored()) == defaults
+    # a checkpoint written before the lesion gate existed keeps sampling as it did then: no gate
+    import dataclasses
+
+    older = {k: v for k, v in defaults.stored().items() if k != "lesion_gate"}
+    assert SamplingSettings.from_stored(older) == dataclasses.replace(defaults, lesion_gate=False)
     # set on the instance (nnU-Net style, in a subclass's __init__): whole or one field; what the checkpoint stores
     # (pdddpm_settings) and the final validation samples with is this value
     trainer.sampling = SamplingSettings(t_prime=7, ensemble_size=2, sampler="ddim", steps=3)

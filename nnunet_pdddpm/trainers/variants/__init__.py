@@ -36,10 +36,12 @@ from nnunet_pdddpm.trainers.variants.demo import (
     PDDDPMTrainer_demoGPU,
     PDDDPMTrainer_refinerCPU,
     PDDDPMTrainer_refinerCPU_paper,
+    PDDDPMTrainer_refinerCPU_x3,
     nnUNetTrainer_demoCPU,
     nnUNetTrainer_demoCPU_long,
     nnUNetTrainer_refinerCPU,
     nnUNetTrainer_refinerCPU_more,
+    nnUNetTrainer_refinerCPU_more_x3,
 )
 from nnunet_pdddpm.trainers.variants.paper import (
     PDDDPMTrainer_4draws,
@@ -85,6 +87,7 @@ __all__ = [
     "PDDDPMTrainer_refiner",
     "PDDDPMTrainer_refinerCPU",
     "PDDDPMTrainer_refinerCPU_paper",
+    "PDDDPMTrainer_refinerCPU_x3",
     "PDDDPMTrainer_seg",
     "PDDDPMTrainer_tiny",
     "PDDDPMTrainer_tiny_preseg",
@@ -98,6 +101,7 @@ __all__ = [
     "nnUNetTrainer_demoCPU_long",
     "nnUNetTrainer_refinerCPU",
     "nnUNetTrainer_refinerCPU_more",
+    "nnUNetTrainer_refinerCPU_more_x3",
     "nnUNetTrainer_tiny",
     "nnUNetTrainer_tiny_more",
 ]

@@ -148,6 +148,19 @@ class nnUNetTrainer_refinerCPU_more(_ContinuesPreSegmenter, _NarrowNetwork, _Ini
     max_features = 128
 
 
+class PDDDPMTrainer_refinerCPU_x3(PDDDPMTrainer_refinerCPU):
+    """:class:`PDDDPMTrainer_refinerCPU` trained three times as long (900 iterations of 13, about the plateaued
+    nnU-Net's 2400 x 6 patches): does the refiner gain with budget where nnU-Net does not?"""
+
+    init_settings = {**PDDDPMTrainer_refinerCPU.init_settings, "num_epochs": 36}
+
+
+class nnUNetTrainer_refinerCPU_more_x3(nnUNetTrainer_refinerCPU_more):
+    """The yardstick of :class:`PDDDPMTrainer_refinerCPU_x3`: the same nnU-Net trained its budget more."""
+
+    init_settings = {**nnUNetTrainer_refinerCPU_more.init_settings, "num_epochs": 36}
+
+
 class nnUNetTrainer_refinerCPU(nnUNetTrainer_demoCPU):
     """Plain nnU-Net at the demo's width trained to its plateau on two cores (2400 iterations of 6, nnU-Net's poly
     schedule): the model a user would refine, and the starting point of the refiner benchmark
