@@ -20,6 +20,7 @@ Samples found in ``WORK/sampling`` are reused. Output: a table and ``WORK/refine
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -27,7 +28,17 @@ import time
 from pathlib import Path
 
 from benchmarks.benchmark_fidelity import model_folder
-from benchmarks.benchmark_refiner import FULL, NNUNET, QUICK, Setup, _runner, nanmean, per_case, segmenter_row
+from benchmarks.benchmark_refiner import (
+    BUDGET_X3,
+    FULL,
+    NNUNET,
+    QUICK,
+    Setup,
+    _runner,
+    nanmean,
+    per_case,
+    segmenter_row,
+)
 from nnunet_pdddpm.evaluation.paired import paired_difference
 from nnunet_pdddpm.io_utils import write_json_atomic
 
@@ -57,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a --quick work folder (tiny models; for tests)")
     p.add_argument("--demo", nargs="+", metavar="DEMO_FOLDER",
                    help="study the CPU demo's models: its output folders, one per seed (the seeds default to 0 1 ...)")
+    p.add_argument("--refiner_budget", type=int, choices=(1, 3), default=1,
+                   help="the refiner of benchmark_refiner --refiner_budget 3 instead (its sampling folder and output "
+                        "refiner_sampling_x3.json)")
     p.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=tuple(SETTINGS),
                    help="settings to run (default: all; ddpm costs 300 network evaluations per sample, hours on a "
                         "CPU); ddim5, the reference, is always run")
@@ -153,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     work = Path(args.output).resolve()
     setup, t_prime = (QUICK, T_PRIME["quick"]) if args.quick else (FULL, T_PRIME["full"])
+    if args.refiner_budget == 3:
+        if args.quick or args.demo:
+            raise SystemExit("--refiner_budget 3 studies the full benchmark's x3 refiner; drop --quick/--demo or it.")
+        setup = dataclasses.replace(setup, **BUDGET_X3)
     if args.demo:
         setup, t_prime = DEMO, T_PRIME["demo"]
         if "--seeds" not in (argv if argv is not None else sys.argv):
@@ -175,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic({"command": " ".join(["python -m benchmarks.refiner_sampling_study", *(argv or sys.argv[1:])]),
                        "wall_time_s": wall, "gpu": gpu, "seeds": args.seeds, "rows": rows,
                        "per_case": {str(s): v for s, v in per_seed.items()}},
-                      work / "refiner_sampling.json", strict=True)
+                      work / f"refiner_sampling{setup.tag}.json", strict=True)
     return 0
 
 
