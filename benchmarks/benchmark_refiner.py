@@ -82,6 +82,15 @@ BUDGET_X3 = {"refiner": "PDDDPMTrainer_refinerCPU_x3", "more": "nnUNetTrainer_re
              "tag": "_x3"}
 
 
+def with_refiner_budget(setup: Setup, budget: int) -> Setup:
+    """``setup`` at ``--refiner_budget`` (1: itself; 3: :data:`BUDGET_X3`, the full benchmark only)."""
+    if budget == 1:
+        return setup
+    if setup is not FULL:
+        raise SystemExit("--refiner_budget 3 is for the full benchmark's models; drop --quick/--demo or the budget.")
+    return dataclasses.replace(setup, **BUDGET_X3)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -378,13 +387,9 @@ COLUMNS = ("method", "sampler", "seeds", "t_prime_per_seed", "cases", "dice", "h
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup = QUICK if args.quick else FULL
+    setup = with_refiner_budget(QUICK if args.quick else FULL, args.refiner_budget)
     if args.without_paper:
         setup = dataclasses.replace(setup, paper=None)
-    if args.refiner_budget == 3:
-        if args.quick:
-            raise SystemExit("--refiner_budget 3 is for the full benchmark; drop --quick or the budget.")
-        setup = dataclasses.replace(setup, **BUDGET_X3)
     if args.folds is not None:
         if args.folds < 2:
             raise SystemExit(f"--folds must be at least 2 (the refiner trains on the other folds' predictions), "

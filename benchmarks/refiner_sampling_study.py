@@ -15,12 +15,12 @@ entropy of the delivered probabilities, for nnU-Net its softmax entropy.
 ``--demo`` studies the CPU demo's models instead (``nnunet_pdddpm_demo`` output folders, one per seed, in the
 order of ``--seeds``; default seeds 0 1 2 ...) at the T' their validation sweep chose (300 in the runs measured).
 
-Samples found in ``WORK/sampling`` are reused. Output: a table and ``WORK/refiner_sampling.json``.
+Samples found in ``WORK/sampling`` (``--refiner_budget 3``: ``WORK/sampling_x3``) are reused. Output: a table and
+``WORK/refiner_sampling.json`` (``refiner_sampling_x3.json``).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -29,7 +29,6 @@ from pathlib import Path
 
 from benchmarks.benchmark_fidelity import model_folder
 from benchmarks.benchmark_refiner import (
-    BUDGET_X3,
     FULL,
     NNUNET,
     QUICK,
@@ -38,6 +37,7 @@ from benchmarks.benchmark_refiner import (
     nanmean,
     per_case,
     segmenter_row,
+    with_refiner_budget,
 )
 from nnunet_pdddpm.evaluation.paired import paired_difference
 from nnunet_pdddpm.io_utils import write_json_atomic
@@ -167,12 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     work = Path(args.output).resolve()
     setup, t_prime = (QUICK, T_PRIME["quick"]) if args.quick else (FULL, T_PRIME["full"])
-    if args.refiner_budget == 3:
-        if args.quick or args.demo:
-            raise SystemExit("--refiner_budget 3 studies the full benchmark's x3 refiner; drop --quick/--demo or it.")
-        setup = dataclasses.replace(setup, **BUDGET_X3)
     if args.demo:
         setup, t_prime = DEMO, T_PRIME["demo"]
+    setup = with_refiner_budget(setup, args.refiner_budget)
+    if args.demo:
         if "--seeds" not in (argv if argv is not None else sys.argv):
             args.seeds = list(range(len(args.demo)))
         link_demo_folders(work, [Path(d).resolve() for d in args.demo], args.seeds)

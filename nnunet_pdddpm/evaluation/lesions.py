@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["connected_components", "lesion_recall", "lesion_precision", "lesion_f1", "lesion_metrics", "avd"]
+__all__ = ["connected_components", "detected_components", "undetected_components", "lesion_recall", "lesion_precision",
+           "lesion_f1", "lesion_metrics", "avd"]
 
 
 def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -21,17 +22,27 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labeled, int(n)
 
 
-def _detected_fraction(source: np.ndarray, target: np.ndarray) -> float:
-    """Fraction of ``source``'s components that overlap ``target``; 1.0 when ``source`` has none."""
+def detected_components(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """``source``'s labelled components, their count, and the labels of those sharing a voxel with ``target`` (a
+    lesion is detected when it does): the one overlap rule of the lesion metrics and the lesion gate."""
     source = np.asarray(source).astype(bool, copy=False)
     target = np.asarray(target).astype(bool, copy=False)
     if source.shape != target.shape:
         raise ValueError(f"mask shapes differ: {source.shape} vs {target.shape}")
     labeled, n = connected_components(source)
-    if n == 0:
-        return 1.0
-    hit = np.unique(labeled[target & (labeled > 0)])
-    return len(hit) / n
+    return labeled, n, np.unique(labeled[target & (labeled > 0)])
+
+
+def undetected_components(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The voxels of ``source``'s components that share no voxel with ``target`` (bool, source's shape)."""
+    labeled, _, hit = detected_components(source, target)
+    return (labeled > 0) & ~np.isin(labeled, hit)
+
+
+def _detected_fraction(source: np.ndarray, target: np.ndarray) -> float:
+    """Fraction of ``source``'s components that overlap ``target``; 1.0 when ``source`` has none."""
+    _, n, hit = detected_components(source, target)
+    return 1.0 if n == 0 else len(hit) / n
 
 
 def lesion_recall(reference: np.ndarray, prediction: np.ndarray) -> float:

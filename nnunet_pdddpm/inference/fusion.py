@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nnunet_pdddpm.evaluation.lesions import connected_components
+from nnunet_pdddpm.evaluation.lesions import undetected_components
 
 
 def fuse_with_pre_segmentation(ensemble: torch.Tensor, pre_segmentation: torch.Tensor, weight: float,
@@ -44,17 +44,9 @@ def keep_pre_segmented_lesions(refined: torch.Tensor, pre_segmentation: torch.Te
     take_pre = np.zeros(refined_labels.shape, dtype=bool)
     for c in range(1, refined.shape[0]):
         mine, theirs = refined_labels == c, pre_labels == c
-        take_pre |= components_without_overlap(mine, theirs) | components_without_overlap(theirs, mine)
+        take_pre |= undetected_components(mine, theirs) | undetected_components(theirs, mine)
     if not take_pre.any():
         return refined
     mask = torch.from_numpy(take_pre).to(refined.device)
     return torch.where(mask, pre_segmentation.to(refined.dtype), refined)
 
-
-def components_without_overlap(mask: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """The voxels of ``mask``'s connected components that share no voxel with ``other`` (bool, mask's shape)."""
-    labeled, n = connected_components(mask)
-    if n == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    touching = np.unique(labeled[other & (labeled > 0)])
-    return (labeled > 0) & ~np.isin(labeled, touching)

@@ -378,12 +378,13 @@ def test_benchmark_at_three_times_the_refiners_budget_shares_the_nnunets_and_sam
         a, b = getattr(trainers, base).init_settings, getattr(trainers, longer).init_settings
         assert b == {**a, "num_epochs": 3 * a["num_epochs"]}
     assert x3.tag != FULL.tag and x3.paper is None  # its sampling folder and outputs: sampling_x3, refiner_x3
-    with pytest.raises(SystemExit, match="--refiner_budget 3 is for the full benchmark"):
+    with pytest.raises(SystemExit, match="--refiner_budget 3 is for the full benchmark's models"):
         main(["-o", str(tmp_path / "work"), "--quick", "--refiner_budget", "3"])
     from benchmarks.refiner_sampling_study import main as study
 
-    with pytest.raises(SystemExit, match="--refiner_budget 3 studies the full benchmark's x3 refiner"):
-        study(["-o", str(tmp_path / "work"), "--quick", "--refiner_budget", "3"])
+    for flags in (["--quick"], ["--demo", str(tmp_path / "demo")]):
+        with pytest.raises(SystemExit, match="--refiner_budget 3 is for the full benchmark's models"):
+            study(["-o", str(tmp_path / "work"), *flags, "--refiner_budget", "3"])
     assert not (tmp_path / "work").exists()
 
 
