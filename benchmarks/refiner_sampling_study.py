@@ -5,9 +5,12 @@ ensemble of 5 and the entropy map, per seed: DDIM 5 steps (the ensemble alone), 
 step (the best the sampler can do; 300 network evaluations per sample), and DDIM 5 steps fused with nnU-Net's softmax
 (``-preseg_weight`` 0.25, the refiner's default, or 0.5) or gated by the ensemble's confidence
 (``-confidence_gate 0.9``: below it nnU-Net's probabilities are kept) or with lesion detection left to nnU-Net
-(``--lesion_gate``, alone or with fusion 0.25). Each against nnU-Net and against DDIM 5
+(``--lesion_gate``, alone or with fusion 0.25), and with the members mirrored as nnU-Net's test-time augmentation
+(``--mirrored_members``, alone or with fusion and the gate). Each against nnU-Net and against DDIM 5
 unfused, paired over cases. The error-AUROC is that of the entropy map predict writes: with fusion or gating the
-entropy of the delivered probabilities, for nnU-Net its softmax entropy.
+entropy of the delivered probabilities, for nnU-Net its softmax entropy. The case AURC (risk 1 - Dice, pooled over
+seeds) scores nnU-Net's mean softmax entropy and the members' 1 - mean pairwise Dice (samples written before the
+study kept the case scores leave it blank).
 
     python -m benchmarks.refiner_sampling_study -o WORK [--seeds 0] [--device cuda] [--settings ddim10 fused ...]
     python -m benchmarks.refiner_sampling_study -o WORK --demo pdddpm_demo pdddpm_demo_seed1 pdddpm_demo_seed2
@@ -27,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.benchmark_fidelity import model_folder
 from benchmarks.benchmark_refiner import (
     FULL,
@@ -40,6 +45,7 @@ from benchmarks.benchmark_refiner import (
     with_refiner_budget,
 )
 from nnunet_pdddpm.evaluation.paired import paired_difference
+from nnunet_pdddpm.evaluation.risk_coverage import aurc
 from nnunet_pdddpm.io_utils import write_json_atomic
 
 T_PRIME = {"full": 300, "quick": 10, "demo": 300}  # quick: the tiny refiner is trained on t < 20
@@ -54,6 +60,16 @@ SETTINGS = {  # name: (label, SamplingSettings changes)
     "lesion": ("DDIM 5, lesion gate", {"sampler": "ddim", "steps": 5, "lesion_gate": True}),
     "fused25_lesion": ("DDIM 5, fused w 0.25 + lesion gate", {"sampler": "ddim", "steps": 5,
                                                              "pre_segmentation_weight": 0.25, "lesion_gate": True}),
+    "mirror": ("DDIM 5, mirrored members", {"sampler": "ddim", "steps": 5, "mirrored_members": True}),
+    "fused25_lesion_mirror": ("DDIM 5, fused w 0.25 + lesion gate, mirrored members",
+                              {"sampler": "ddim", "steps": 5, "pre_segmentation_weight": 0.25, "lesion_gate": True,
+                               "mirrored_members": True}),
+    "fused25_lesion_mirror_e4": ("as above, ensemble 4 (one member per 2D orientation)",
+                                 {"sampler": "ddim", "steps": 5, "pre_segmentation_weight": 0.25, "lesion_gate": True,
+                                  "mirrored_members": True, "ensemble_size": 4}),
+    "fused25_lesion_mirror_e8": ("as above, ensemble 8 (two per 2D orientation)",
+                                 {"sampler": "ddim", "steps": 5, "pre_segmentation_weight": 0.25, "lesion_gate": True,
+                                  "mirrored_members": True, "ensemble_size": 8}),
 }
 DEFAULT = "ddim5"  # the reference every setting is paired with: the ensemble alone
 DEMO = Setup(None, 986, "PDDDPMDemoCPU", "nnUNetTrainer_demoCPU", "PDDDPMTrainer_demoCPU_refiner", "", (), 5, 5)
@@ -92,26 +108,33 @@ def study_seed(work: Path, seed: int, dataset: Path, device: str, setup: Setup, 
 
     base = segmenter_row(runner, "nnunet", NNUNET, probs)
     out = {"nnunet": {c: {"dice": v["dice"], "lesion_f1": v["lesion_f1"], "entropy_auroc": v["maps"]["entropy"],
-                          "nfe": base["nfe"]}
+                          "nfe": base["nfe"], "case_score": v["scores"]["mean entropy"]}
                       for c, v in base["cases"].items()}}
     for key in keys:
         label, changes = SETTINGS[key]
-        # unfused unless the setting says so: the trainer's default fusion is itself one of the settings
-        settings = runner.settings(t_prime=t_prime, ensemble_size=setup.ensemble_size, uncertainty="entropy",
-                                   **{"pre_segmentation_weight": 0.0, "lesion_gate": False, **changes})
+        # unfused and unmirrored unless the setting says so: the trainer's defaults are themselves settings here
+        settings = runner.settings(**{"t_prime": t_prime, "ensemble_size": setup.ensemble_size,
+                                      "uncertainty": "entropy", "pre_segmentation_weight": 0.0, "lesion_gate": False,
+                                      "mirrored_members": False, **changes})
         name = f"study_t{t_prime}_{key}"
         if not (runner.output / "evaluation" / f"{name}.json").is_file():
             start = time.perf_counter()
             for case in runner.cases:
                 result, nfe, seconds = runner.sample(case, settings, pre)
-                runner.export(name, case, result.probabilities, result.uncertainty, nfe, seconds)
+                runner.export(name, case, result.probabilities, result.uncertainty, nfe, seconds,
+                              scores=result.scores or {})
             runner.evaluate(name)
             print(f"  seed {seed}: {label}: {time.perf_counter() - start:.1f} s", flush=True)
         log = json.loads((runner.folder(name) / "pdddpm_cases.json").read_text())
         out[key] = {c: {"dice": v["dice"], "lesion_f1": v["lesion_f1"], "entropy_auroc": v["uncertainty_auroc"],
-                        "nfe": log[c]["nfe"]}
+                        "nfe": log[c]["nfe"], "case_score": _disagreement(log[c].get("scores", {}))}
                     for c, v in per_case(runner, name).items()}
     return out
+
+
+def _disagreement(scores: dict) -> float:
+    """The members' 1 - mean pairwise Dice (NaN for samples written before the study kept the case scores)."""
+    return 1 - scores["pairwise_dice"] if scores.get("pairwise_dice") is not None else float("nan")
 
 
 def summarise(per_seed: dict[int, dict]) -> list[dict]:
@@ -122,6 +145,9 @@ def summarise(per_seed: dict[int, dict]) -> list[dict]:
         value = {m: [per_seed[s][key][c].get(m, float("nan")) for s, c in pairs]
                  for m in ("dice", "lesion_f1", "entropy_auroc", "nfe")}
         row = {"setting": label, "n": len(pairs), **{m: nanmean(v) for m, v in value.items()}}
+        # case level (risk 1 - Dice, pooled over seeds): nnU-Net's mean softmax entropy, the members' disagreement
+        score = [per_seed[s][key][c].get("case_score", float("nan")) for s, c in pairs]
+        row["aurc"] = aurc(score, [1 - d for d in value["dice"]]) if np.isfinite(score).all() else float("nan")
         for against in ("nnunet", DEFAULT):
             if against != key:
                 d = paired_difference([per_seed[s][against][c]["dice"] for s, c in pairs], value["dice"])
@@ -135,10 +161,11 @@ def format_rows(rows: list[dict]) -> str:
         return "" if key not in r else "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r[key])
 
     head = ["setting", "n", "Dice", "ΔDice vs nnU-Net", "ΔDice vs DDIM 5", "lesion F1", "err-AUROC (entropy)",
-            "NFE/case"]
+            "case AURC", "NFE/case"]
     lines = [head] + [[r["setting"], str(r["n"]), f"{r['dice']:.4f}", ci(r, "delta_dice_vs_nnunet"),
                        ci(r, f"delta_dice_vs_{DEFAULT}"), f"{r['lesion_f1']:.3f}", f"{r['entropy_auroc']:.3f}",
-                       f"{r['nfe']:.0f}"] for r in rows]
+                       "" if np.isnan(r.get("aurc", np.nan)) else f"{r['aurc']:.3f}", f"{r['nfe']:.0f}"]
+                      for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
@@ -186,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         gpu = torch.cuda.get_device_name(0)
     print()
     print(format_rows(rows))
-    print(f"\nT'={t_prime}, ensemble {setup.ensemble_size}; seeds {args.seeds}; n = seeds x test cases; wall time "
-          f"{wall / 60:.1f} min; {os.cpu_count()} CPU cores" + (f", {gpu}" if gpu else ""))
+    print(f"\nT'={t_prime}, ensemble {setup.ensemble_size} (unless the row says); seeds {args.seeds}; n = seeds x "
+          f"test cases; wall time {wall / 60:.1f} min; {os.cpu_count()} CPU cores" + (f", {gpu}" if gpu else ""))
     write_json_atomic({"command": " ".join(["python -m benchmarks.refiner_sampling_study", *(argv or sys.argv[1:])]),
                        "wall_time_s": wall, "gpu": gpu, "seeds": args.seeds, "rows": rows,
                        "per_case": {str(s): v for s, v in per_seed.items()}},

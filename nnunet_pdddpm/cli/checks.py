@@ -74,3 +74,11 @@ def check_inputs_against_model(images: str, dataset: str, trainer: str, plans: s
                 raise PDDDPMUserError(f"-preseg_probabilities folder {pre_segmentation_folder} does not exist.")
             check_pre_segmentation_files(pre_segmentation_folder, cases, spec[0])
 
+
+
+def check_mirrored_members(asked: bool | None, allowed_mirroring_axes) -> None:
+    """``--mirrored_members`` on a denoiser trained without mirroring would change nothing: one sentence instead.
+    (The trainer's default on such a model samples unmirrored, as nnU-Net's test-time mirroring does.)"""
+    if asked and not allowed_mirroring_axes:
+        raise PDDDPMUserError("--mirrored_members needs a denoiser trained with mirroring, and this one allows no "
+                              "mirror axis (its trainer's inference_allowed_mirroring_axes); drop the flag.")

@@ -12,6 +12,7 @@ from pathlib import Path
 from nnunet_pdddpm.cli import options
 from nnunet_pdddpm.cli.checks import (
     check_inputs_against_model,
+    check_mirrored_members,
     check_output_folder,
     dataset_name,
 )
@@ -112,6 +113,7 @@ def check_settings_before_work(args: argparse.Namespace, runner) -> None:
     """Every sampling setting the experiment will run, checked against the loaded denoiser before anything is
     written (T' values above T or above the denoiser's trained timesteps, -steps above T')."""
     predictor = runner.predictor
+    check_mirrored_members(args.mirrored_members, predictor.allowed_mirroring_axes)
     T = predictor.diffusion_config.num_train_timesteps
     sampling = options.sampling_overrides(args)
     if args.experiment == "tprime":

@@ -86,6 +86,16 @@ def add_sampling_options(group) -> None:
                               "Default: the denoiser trainer's (PDDDPMTrainer_paper: off).")
     lesions.add_argument("--no_lesion_gate", dest="lesion_gate", action="store_const", const=False,
                          help="No lesion gate, whatever the denoiser trainer's default.")
+    mirrors = group.add_mutually_exclusive_group()
+    mirrors.add_argument("--mirrored_members", dest="mirrored_members", action="store_const", const=True,
+                         default=None,
+                         help="Mirror the members as nnU-Net's test-time augmentation does: member m sees the case "
+                              "mirrored along the m-th of the model's mirror combinations (none, each axis, pairs, "
+                              "...) and its result is mirrored back; no extra network evaluation. Default: the "
+                              "denoiser trainer's (PDDDPMTrainer_paper: off); a model trained without mirroring "
+                              "samples unmirrored.")
+    mirrors.add_argument("--no_mirrored_members", dest="mirrored_members", action="store_const", const=False,
+                         help="Every member sees the case as it is, whatever the denoiser trainer's default.")
 
 
 def add_uncertainty_options(group) -> None:
@@ -175,7 +185,8 @@ def model_folders(args: argparse.Namespace) -> tuple[str, str]:
 def sampling_overrides(args: argparse.Namespace) -> dict:
     """The sampling options given on the command line, as ``SamplingSettings`` fields (unset ones left out)."""
     given = {"t_prime": args.t_prime, "ensemble_size": args.ensemble_size, "sampler": args.sampler,
-             "steps": args.steps, "seed": args.seed, "ensemble_per_fold": args.ensemble_per_fold or None}
+             "steps": args.steps, "seed": args.seed, "ensemble_per_fold": args.ensemble_per_fold or None,
+             "mirrored_members": args.mirrored_members}
     return {k: v for k, v in given.items() if v is not None} | fusion_overrides(args)
 
 

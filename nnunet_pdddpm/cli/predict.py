@@ -12,6 +12,7 @@ from os.path import abspath, isdir
 from nnunet_pdddpm.cli import options
 from nnunet_pdddpm.cli.checks import (
     check_inputs_against_model,
+    check_mirrored_members,
     check_output_folder,
     dataset_name,
 )
@@ -106,6 +107,7 @@ def make_predictor(args: argparse.Namespace):
                                 allow_tqdm=not args.disable_progress_bar,
                                 performance=options.performance_settings(args), uncertainty_folder=args.o_uncertainty)
     predictor.initialize_from_trained_model_folder(denoiser_folder, options.folds(args.f), args.chk)
+    check_mirrored_members(args.mirrored_members, predictor.allowed_mirroring_axes)
     sampling = predictor.sampling.with_overrides(
         **options.sampling_overrides(args), vanilla=args.vanilla, uncertainty=args.uncertainty,
         uncertainty_per_class=args.uncertainty_per_class, soft_pre_segmentation=args.soft_pre_segmentation,

@@ -23,6 +23,8 @@ def describe(settings: SamplingSettings, num_train_timesteps: int) -> str:
         text += f", confidence gate {settings.confidence_gate:g}"
     if settings.lesion_gate:
         text += ", lesion gate"
+    if settings.mirrored_members:
+        text += ", mirrored members"
     return text
 
 

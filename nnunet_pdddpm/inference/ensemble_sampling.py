@@ -16,6 +16,7 @@ beyond floating-point reordering inside the network.
 """
 from __future__ import annotations
 
+import itertools
 import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -38,6 +39,23 @@ from nnunet_pdddpm.inference.uncertainty import MemberSums
 def case_seed(case_key: str | None) -> int:
     """A stable 32-bit number for a case name (``hash()`` differs between processes)."""
     return 0 if case_key is None else zlib.crc32(case_key.encode())
+
+
+def member_mirrorings(mirror_axes: Sequence[int], num_members: int) -> list[tuple[int, ...]]:
+    """The patch axes member m is mirrored along: nnU-Net's test-time mirror combinations (none first, then each
+    axis, pairs, ...) dealt out over the members in turn, so an ensemble of 5 on a 2D model with axes (0, 1) is
+    (), (0,), (1,), (0, 1), (). The members then average over mirrorings as nnU-Net's test-time augmentation does,
+    at no extra network evaluation."""
+    axes = tuple(sorted(set(int(a) for a in mirror_axes)))
+    combos = [c for k in range(len(axes) + 1) for c in itertools.combinations(axes, k)]
+    return [combos[m % len(combos)] for m in range(num_members)]
+
+
+def _mirrored(rows: torch.Tensor, mirrorings: Sequence[tuple[int, ...]]) -> torch.Tensor:
+    """Each row (a sample, (C, *patch)) flipped along its own patch axes; flipping twice is the identity."""
+    if not any(mirrorings):
+        return rows
+    return torch.stack([r.flip([a + 1 for a in m]) if m else r for r, m in zip(rows, mirrorings)])
 
 
 def sample_generator(seed: int, case: int, fold: int, patch: int, member: int, device: torch.device) -> torch.Generator:
@@ -126,13 +144,15 @@ class CaseWindows:
     image: (C, *shape) on the compute device. pre_segmentation: the encoded pre-segmentation x0 (K, *shape) in
     [-1, 1] (``diffusion/encoding.py``), or None for the vanilla baseline. slicers: nnU-Net's sliding-window
     slicers; each selects (channels, *patch) (2D configurations on 3D data index one slice). gaussian:
-    nnU-Net's patch weights (*patch).
+    nnU-Net's patch weights (*patch). mirror_axes: patch axes (0-based, as nnU-Net's ``allowed_mirroring_axes``)
+    along which the members are mirrored (:func:`member_mirrorings`); empty: no member is.
     """
 
     image: torch.Tensor
     pre_segmentation: torch.Tensor | None
     slicers: Sequence[tuple]
     gaussian: torch.Tensor
+    mirror_axes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +202,7 @@ def sample_case(model: SamplingModel, case: CaseWindows, settings: SamplingSetti
     member_acc = torch.zeros((num_members, num_classes, *spatial), dtype=torch.float32, device=results_device) \
         if settings.case_scores else None
     first_member = np.cumsum((0, *members[:-1])).tolist()  # fold f's members are first_member[f], ...
+    mirrorings = member_mirrorings(case.mirror_axes, num_members)
     weight_acc = torch.zeros(spatial, dtype=torch.float32, device=results_device)
     gaussian = gaussian.to(results_device, torch.float32)
     scheduler = make_ddpm_scheduler(config)
@@ -193,9 +214,10 @@ def sample_case(model: SamplingModel, case: CaseWindows, settings: SamplingSetti
     for window in plan_windows(len(slicers), members, batch_size, fixed_shape):
         sums = {p: MemberSums(kind) for p in window.patches}
         for batch in window.batches:
+            rows = [mirrorings[first_member[batch.fold] + job.member] for job in batch.jobs]
             probs = _sample_batch(denoisers[batch.fold], image, x0_pre, slicers, batch, settings,
                                   performance.reference_sampler, config, scheduler, t_prime, cseed,
-                                  run.on_step).to(results_device)
+                                  run.on_step, rows).to(results_device)
             for job, pr in zip(batch.jobs, probs):  # padding rows come last and are dropped
                 sums[job.patch].add(pr)
                 if member_acc is not None:
@@ -220,14 +242,20 @@ def sample_case(model: SamplingModel, case: CaseWindows, settings: SamplingSetti
 
 
 def _sample_batch(denoiser: SamplingDenoiser, image, x0_pre, slicers, batch: Batch, settings, reference_sampler: bool,
-                  config, scheduler, t_prime, cseed, on_step) -> torch.Tensor:
+                  config, scheduler, t_prime, cseed, on_step,
+                  mirrorings: Sequence[tuple[int, ...]] | None = None) -> torch.Tensor:
     """Reverse process for the jobs of one batch (padding rows repeat the last job with their own noise)
-    -> decoded probabilities (batch.size, K, *patch)."""
+    -> decoded probabilities (batch.size, K, *patch).
+
+    mirrorings: each job's patch axes (None: no job is mirrored); the denoiser sees that row's image and state
+    mirrored and its output is mirrored back, so the state, the noise and the result stay in the case's orientation."""
     device = image.device
     gens = [sample_generator(settings.seed, cseed, batch.fold, job.patch, job.member, device) for job in batch.jobs]
     gens += [torch.Generator(device=device).manual_seed(k) for k in range(batch.padding)]
     patches = [job.patch for job in batch.jobs] + [batch.jobs[-1].patch] * batch.padding
-    img = torch.stack([image[slicers[p]] for p in patches])
+    mirrorings = [()] * len(batch.jobs) if mirrorings is None else list(mirrorings)
+    mirrorings += [mirrorings[-1]] * batch.padding
+    img = _mirrored(torch.stack([image[slicers[p]] for p in patches]), mirrorings)
     noise = per_sample_noise(img.new_empty((len(patches), denoiser.num_classes, *img.shape[2:]), dtype=torch.float32),
                              gens)
     if x0_pre is None:
@@ -240,7 +268,7 @@ def _sample_batch(denoiser: SamplingDenoiser, image, x0_pre, slicers, batch: Bat
         x_start = diffuse(scheduler, x0, noise, t)
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model_output(config, denoiser(img, x_t, t))
+        return model_output(config, _mirrored(denoiser(img, _mirrored(x_t, mirrorings), t), mirrorings))
 
     step_done = None if on_step is None else (lambda: on_step(len(batch.jobs)))
     process = reverse_process_reference if reference_sampler else reverse_process

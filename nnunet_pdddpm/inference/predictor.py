@@ -232,8 +232,9 @@ class PDDDPMPredictor(NNUNetEntryPoints, nnUNetPredictor):
         slicers = self._internal_get_sliding_window_slicers(padded.shape[1:])
         gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results,
                                     dtype=torch.float32) if self.use_gaussian else torch.ones(patch, device=results)
-        result = self._sample_with_oom_fallback(CaseWindows(padded, x0_pre, slicers, gaussian), case_key, results,
-                                                sampling, performance)
+        mirror_axes = tuple(self.allowed_mirroring_axes or ()) if sampling.mirrored_members else ()
+        result = self._sample_with_oom_fallback(CaseWindows(padded, x0_pre, slicers, gaussian, mirror_axes),
+                                                case_key, results, sampling, performance)
         final = result.probabilities
         if sampling.fuses_pre_segmentation:
             final = fuse_with_pre_segmentation(final, pre_probabilities.to(results), sampling.pre_segmentation_weight,

@@ -76,6 +76,10 @@ class SamplingSettings:
         the result adds where the pre-segmenter has none, or one of the pre-segmenter's the result no longer
         touches, takes the pre-segmenter's probabilities; the refiner reshapes lesions but neither adds nor
         removes them (``fusion.keep_pre_segmented_lesions``).
+    mirrored_members: member m sees the case mirrored along the m-th of nnU-Net's test-time mirror combinations
+        of the model's allowed axes (none, each axis, pairs, ..., in turn; ``ensemble_sampling.member_mirrorings``),
+        and its result is mirrored back: the ensemble averages over mirrorings as nnU-Net's test-time augmentation
+        does, at no extra network evaluation. A model that allows no mirroring samples unmirrored.
     case_scores: also score each case (pairwise Dice of the members, mean uncertainty); stitching every
         member's patches costs M x K floats per voxel while a case is sampled.
     """
@@ -93,6 +97,7 @@ class SamplingSettings:
     pre_segmentation_weight: float = 0.0
     confidence_gate: float | None = None
     lesion_gate: bool = False
+    mirrored_members: bool = False
     case_scores: bool = True
 
     def __post_init__(self) -> None:
@@ -192,7 +197,7 @@ class SamplingSettings:
 
 #: what a checkpoint stores of its trainer's sampling (the rest is chosen per prediction run)
 STORED_FIELDS = ("t_prime", "ensemble_size", "sampler", "steps", "soft_pre_segmentation", "uncertainty",
-                 "pre_segmentation_weight", "lesion_gate")
+                 "pre_segmentation_weight", "lesion_gate", "mirrored_members")
 
 
 @dataclass(frozen=True)

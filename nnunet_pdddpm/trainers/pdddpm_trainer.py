@@ -90,6 +90,9 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
     # leave lesion detection to the pre-segmenter: the denoiser reshapes lesions, never adds or removes one
     # (``inference/fusion.py``)
     lesion_gate: bool = False
+    # member m sees the case mirrored along the m-th of nnU-Net's test-time mirror combinations (no extra network
+    # evaluation; ``inference/ensemble_sampling.py: member_mirrorings``)
+    mirrored_members: bool = False
     # the fields above as one SamplingSettings (``sampling_attribute.py``): read it, or set it whole in a subclass
     # (``sampling = dataclasses.replace(Parent.sampling, t_prime=100, steps=5)``) or on an instance
     sampling = SamplingAttribute()
@@ -190,8 +193,9 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
             problems.append(f"pre_segmentation_weight must be a number in [0, 1], got "
                             f"{self.pre_segmentation_weight!r}")
-        if not isinstance(self.lesion_gate, bool):
-            problems.append(f"lesion_gate must be True or False, got {self.lesion_gate!r}")
+        for flag in ("lesion_gate", "mirrored_members"):
+            if not isinstance(getattr(self, flag), bool):
+                problems.append(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.uncertainty not in UNCERTAINTY_KINDS:
             problems.append(f"uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, got {self.uncertainty!r}")
         if any(not isinstance(t, int) or not 0 < t <= T for t in self.t_prime_sweep):

@@ -242,3 +242,31 @@ def test_t_prime_above_the_trained_timesteps_is_refused_before_any_work(env):
         p.check_settings(SamplingSettings(t_prime=41))
     with pytest.raises(PDDDPMUserError, match=r"--vanilla \(sampling from T\) would run it"):
         p.check_settings(SamplingSettings(t_prime=20, vanilla=True))
+
+
+def test_mirrored_members_on_the_real_predictor(env, pre_segmenter, case):
+    """The trained tiny denoiser's members mirrored along its checkpoint's axes: another result, the first member
+    alone unchanged (it is never mirrored); a model that allows no mirroring samples unmirrored, as nnU-Net's
+    test-time mirroring does, and the flag asked for explicitly on such a model is one sentence."""
+    from nnunet_pdddpm.cli.checks import check_mirrored_members
+
+    data, props = case
+    kw = dict(ensemble_size=2, t_prime=300, sampler="ddim", steps=3, uncertainty="entropy")
+    plain = make_predictor(env, pre_segmenter, **kw)
+    assert tuple(plain.allowed_mirroring_axes) == (0, 1)  # nnU-Net's 2D default, from the checkpoint
+    unmirrored = plain.predict_case(data, props, "case_003").probabilities
+    mirroring = make_predictor(env, pre_segmenter, mirrored_members=True, **kw)
+    mirrored = mirroring.predict_case(data, props, "case_003").probabilities
+    assert not torch.equal(mirrored, unmirrored)  # the second member saw the case mirrored
+    torch.testing.assert_close(mirrored.sum(0), torch.ones_like(mirrored[0]))
+    one = dict(kw, ensemble_size=1)
+    torch.testing.assert_close(
+        make_predictor(env, pre_segmenter, mirrored_members=True, **one).predict_case(data, props, "c").probabilities,
+        make_predictor(env, pre_segmenter, **one).predict_case(data, props, "c").probabilities, atol=0, rtol=0)
+    mirroring.allowed_mirroring_axes = None  # as a trainer without mirroring stores it
+    torch.testing.assert_close(mirroring.predict_case(data, props, "case_003").probabilities, unmirrored,
+                               atol=0, rtol=0)
+    with pytest.raises(PDDDPMUserError, match="--mirrored_members needs a denoiser trained with mirroring"):
+        check_mirrored_members(True, None)
+    check_mirrored_members(None, None)  # the trainer's default: no flag, no refusal
+    check_mirrored_members(True, (0, 1))

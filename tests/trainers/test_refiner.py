@@ -64,7 +64,8 @@ def test_sampling_is_one_value_read_from_the_fields_and_set_whole() -> None:
 
     assert PDDDPMTrainer.sampling == SamplingSettings(t_prime=100, ensemble_size=5, sampler="ddim", steps=5,
                                                       soft_pre_segmentation=True, uncertainty="entropy",
-                                                      pre_segmentation_weight=0.25, lesion_gate=True)
+                                                      pre_segmentation_weight=0.25, lesion_gate=True,
+                                                      mirrored_members=True)
     whole = type("Whole", (PDDDPMTrainer,), {"sampling": dataclasses.replace(PDDDPMTrainer.sampling, t_prime=40,
                                                                                  steps=None, sampler="ddpm")})
     assert (whole.t_prime, whole.steps, whole.sampler, whole.ensemble_size) == (40, None, "ddpm", 5)
@@ -112,6 +113,7 @@ def _construct(root: Path, cls, monkeypatch):
     ("uncertainty", "std", r"Bad\.uncertainty must be one of variance, entropy, .*got 'std'"),
     ("pre_segmentation_weight", 1.5, r"Bad\.pre_segmentation_weight must be a number in \[0, 1\], got 1\.5"),
     ("lesion_gate", "yes", r"Bad\.lesion_gate must be True or False, got 'yes'"),
+    ("mirrored_members", 1, r"Bad\.mirrored_members must be True or False, got 1"),
     ("warm_start", "pre_segmenter", r"Bad\.warm_start needs diffusion_config = DiffusionConfig"),
 ])
 def test_invalid_attribute_is_refused_at_construction(nnunet_root, monkeypatch, attribute, value, message) -> None:
@@ -177,6 +179,7 @@ def test_refiner_checkpoint_records_its_warm_start_and_soft_starts(quick) -> Non
     assert ckpt["pdddpm"]["sampling"]["uncertainty"] == "entropy"
     assert ckpt["pdddpm"]["sampling"]["pre_segmentation_weight"] == 0.25
     assert ckpt["pdddpm"]["sampling"]["lesion_gate"] is True
+    assert ckpt["pdddpm"]["sampling"]["mirrored_members"] is True
     assert (_folder(quick, "PDDDPMTrainer_tiny_refiner") / "fold_0" / "pdddpm_t_prime.json").is_file()
     # the quick run's own two folds: nnU-Net trained each on the other's validation cases, and nothing else
     splits = load_json(quick / "nnUNet_preprocessed" / QUICK_DATASET / "splits_final.json")
@@ -318,6 +321,7 @@ def test_default_trainer_is_the_refiner_and_the_papers_recipe_keeps_its_name() -
     assert (PDDDPMTrainer.sampler, PDDDPMTrainer.steps, PDDDPMTrainer.ensemble_size) == ("ddim", 5, 5)
     assert PDDDPMTrainer.pre_segmentation_weight == 0.25 and PDDDPMTrainer_paper.pre_segmentation_weight == 0
     assert PDDDPMTrainer.lesion_gate is True and PDDDPMTrainer_paper.lesion_gate is False
+    assert PDDDPMTrainer.mirrored_members is True and PDDDPMTrainer_paper.mirrored_members is False
     paper = PDDDPMTrainer_paper
     assert paper.warm_start is None and paper.diffusion_config == DiffusionConfig()
     assert (paper.t_prime, paper.ensemble_size, paper.sampler, paper.steps) == (300, 5, "ddpm", None)
@@ -390,9 +394,9 @@ def test_benchmark_at_three_times_the_refiners_budget_shares_the_nnunets_and_sam
 
 @pytest.mark.slow
 def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(quick, tmp_path) -> None:
-    """Without flags, predict samples from the refiner's stored soft start, fusion and lesion gate and writes its
-    entropy map; the CLI's own defaults must not override what the checkpoint says (a silent switch to the paper's
-    argmax)."""
+    """Without flags, predict samples from the refiner's stored soft start, fusion, lesion gate and mirrored members
+    and writes its entropy map; the CLI's own defaults must not override what the checkpoint says (a silent switch to
+    the paper's argmax)."""
     import numpy as np
     import SimpleITK as sitk
     from conftest import cli_runs, run_cli
@@ -408,11 +412,13 @@ def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(qui
         (one_case / image.name).write_bytes(image.read_bytes())
 
     runs = {"default": [],
-            "soft": ["--soft_pre_segmentation", "-uncertainty", "entropy", "-preseg_weight", "0.25", "--lesion_gate"],
+            "soft": ["--soft_pre_segmentation", "-uncertainty", "entropy", "-preseg_weight", "0.25", "--lesion_gate",
+                     "--mirrored_members"],
             "hard": ["--hard_pre_segmentation"],
             "unfused": ["-preseg_weight", "0", "--no_lesion_gate"],
-            "ungated": ["--no_lesion_gate"]}
-    # the four predictions in one process (the console script's main, one import of the stack)
+            "ungated": ["--no_lesion_gate"],
+            "unmirrored": ["--no_mirrored_members"]}
+    # the predictions in one process (the console script's main, one import of the stack)
     cli_runs("nnunet_pdddpm.cli.predict", [
         ["-i", str(one_case), "-o", str(tmp_path / name), "-d", QUICK_DATASET, "-c", "2d", "-f", "0",
          "-tr", "PDDDPMTrainer_tiny_refiner", "-preseg_tr", "nnUNetTrainer_tiny", "-device", "cpu", "-t_prime", "10",
@@ -425,11 +431,12 @@ def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(qui
         probabilities = np.load(out / f"{case}.npz")["probabilities"]
         return probabilities, unc, json.loads((out / "uncertainty" / "case_scores.json").read_text())
 
-    default, soft, hard, unfused, ungated = (outputs(name) for name in runs)
+    default, soft, hard, unfused, ungated, unmirrored = (outputs(name) for name in runs)
     assert default[2][case]["uncertainty"] == "entropy"
     np.testing.assert_array_equal(default[0], soft[0])
     np.testing.assert_array_equal(default[1], soft[1])
     assert not np.array_equal(default[0], hard[0])  # the argmax start gives other samples
+    assert not np.allclose(default[0], unmirrored[0], atol=1e-3)  # the stored mirroring: other members
     # the stored fusion: the same samples, a quarter of nnU-Net's softmax mixed into the result
     run_cli(["nnUNetv2_predict", "-i", str(one_case), "-o", str(tmp_path / "nnunet"), "-d", QUICK_DATASET, "-c", "2d",
              "-f", "0", "-tr", "nnUNetTrainer_tiny", "-device", "cpu", "-npp", "1", "-nps", "1",
@@ -469,6 +476,15 @@ def test_sampling_study_compares_fast_fused_and_gated_sampling(quick) -> None:
     # against the ensemble's NumPy entropy in test_sampling.py), counted over every (error, correct) voxel pair
     per_case = _dice_and_auroc(quick, quick / "sampling" / "seed0" / "nnunet" / "predictions" / "study_t10_fused")
     assert fused["entropy_auroc"] == pytest.approx(np.mean([a for _, a in per_case]), abs=1e-6)
+    # the case AURC of each row: the members' disagreement (nnU-Net: its mean softmax entropy), risk 1 - Dice
+    from nnunet_pdddpm.evaluation.risk_coverage import aurc
+
+    folder = quick / "sampling" / "seed0" / "nnunet" / "predictions" / "study_t10_fused"
+    log = json.loads((folder / "pdddpm_cases.json").read_text())
+    names = sorted(f.name[:-len(".nii.gz")] for f in folder.glob("*.nii.gz"))  # _dice_and_auroc's order
+    assert fused["aurc"] == pytest.approx(aurc([1 - log[c]["scores"]["pairwise_dice"] for c in names],
+                                               [1 - d for d, _ in per_case]), abs=1e-9)
+    assert all(np.isfinite(r["aurc"]) for r in rows.values())
 
 
 def test_a_trainer_made_in_python_leaves_the_excepthook_alone(nnunet_root, monkeypatch) -> None:
@@ -492,6 +508,8 @@ def test_sampling_attributes_travel_as_one_value_to_the_checkpoint_and_back(nnun
 
     older = {k: v for k, v in defaults.stored().items() if k != "lesion_gate"}
     assert SamplingSettings.from_stored(older) == dataclasses.replace(defaults, lesion_gate=False)
+    older = {k: v for k, v in defaults.stored().items() if k != "mirrored_members"}  # before 0.2.4: unmirrored
+    assert SamplingSettings.from_stored(older) == dataclasses.replace(defaults, mirrored_members=False)
     # set on the instance (nnU-Net style, in a subclass's __init__): whole or one field; what the checkpoint stores
     # (pdddpm_settings) and the final validation samples with is this value
     trainer.sampling = SamplingSettings(t_prime=7, ensemble_size=2, sampler="ddim", steps=3)

@@ -39,7 +39,8 @@ def test_denoiser_checkpoint_is_safe_and_complete(trained):
     assert settings["labels"] == [0, 1] and settings["num_image_channels"] == 1
     assert settings["sampling"] == {"t_prime": 20, "ensemble_size": 2, "sampler": "ddim", "steps": 4,
                                     "soft_pre_segmentation": False, "uncertainty": "variance",
-                                    "pre_segmentation_weight": 0.0, "lesion_gate": False}
+                                    "pre_segmentation_weight": 0.0, "lesion_gate": False,
+                                    "mirrored_members": False}
     assert settings["denoiser_kwargs"]["features_per_stage"][0] == 8
     # EMA weights differ from the raw weights after training, and both cover the whole network
     assert ckpt["ema"]["num_updates"] == 2 * 4
