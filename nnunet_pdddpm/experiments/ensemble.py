@@ -5,7 +5,9 @@ of repeat ``r`` uses seed ``seed + 1000 r + m``), and the ensemble of size ``n``
 the first ``n`` of them, so a sweep over 1..10 costs 10 samples per case and repeat, not 55. The
 sub-ensembles of one repeat are therefore nested, as when an ensemble is grown one sample at a time.
 Fusion with the pre-segmenter (``-preseg_weight``, ``-confidence_gate``, ``--lesion_gate``) applies to each
-sub-ensemble's mean, as in prediction, not to its members.
+sub-ensemble's mean, as in prediction, not to its members. The members are drawn one at a time, so none is
+mirrored: the sweep measures the ensemble of noise draws, with ``mirrored_members`` off whatever the denoiser's
+default (``--mirrored_members`` is refused; the settings written to ``ensemble.json`` say it).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from nnunet_pdddpm.errors import PDDDPMUserError
 from nnunet_pdddpm.experiments.report import format_table, new_figure, save_figure, write_rows
 from nnunet_pdddpm.experiments.runner import ExperimentRunner
 from nnunet_pdddpm.inference.fusion import fuse_with_pre_segmentation
@@ -35,7 +38,10 @@ def run(runner: ExperimentRunner, output: Path, sampling: dict, values: Sequence
         repeats: int = 3) -> list[dict]:
     """PD-DDPM with ensembles of each size in ``values``, ``repeats`` times with other seeds; one row per size."""
     sizes = sorted(set(values))
-    base = runner.settings(**sampling)
+    if sampling.get("mirrored_members"):
+        raise PDDDPMUserError("The ensemble experiment draws its members one at a time and cannot mirror them; "
+                              "drop --mirrored_members.")
+    base = runner.settings(**{**sampling, "mirrored_members": False})
     # one sample from every selected fold per member: with several folds, a size here counts per fold
     member = replace(base, ensemble_size=1, ensemble_per_fold=True, uncertainty="none", case_scores=False,
                      pre_segmentation_weight=0.0, confidence_gate=None, lesion_gate=False)

@@ -90,6 +90,16 @@ def test_ensemble_reuses_samples_across_sizes(common, tmp_path):
     assert two > one  # one more member per case; the pre-segmentation is counted once
     assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [
         "ensemble_01_repeat_0", "ensemble_01_repeat_1", "ensemble_02_repeat_0", "ensemble_02_repeat_1"]
+    # members are drawn one at a time, so none is mirrored, and the written settings say so
+    assert json.loads((tmp_path / "ensemble.json").read_text())["settings"]["mirrored_members"] is False
+
+
+def test_ensemble_refuses_mirrored_members_before_any_work(common, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ensemble", *common, "-o", str(tmp_path / "out"), "-values", "1", "--mirrored_members"])
+    assert exit_info.value.code == 2
+    assert "cannot mirror them; drop --mirrored_members" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_preseg_quality_includes_the_zero_pre_segmentation(common, tmp_path):
