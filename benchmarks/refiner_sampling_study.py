@@ -7,7 +7,8 @@ step (the best the sampler can do; 300 network evaluations per sample), and DDIM
 (``-confidence_gate 0.9``: below it nnU-Net's probabilities are kept) or with lesion detection left to nnU-Net
 (``--lesion_gate``, alone or with fusion 0.25), and with the members mirrored as nnU-Net's test-time augmentation
 (``--mirrored_members``, alone or with fusion and the gate). Each against nnU-Net and against DDIM 5
-unfused, paired over cases. The error-AUROC is that of the entropy map predict writes: with fusion or gating the
+unfused (and against benchmark_refiner's nnU-Net trained the refiner's budget more, where it scored one), paired
+over cases. The error-AUROC is that of the entropy map predict writes: with fusion or gating the
 entropy of the delivered probabilities, for nnU-Net its softmax entropy. The case AURC (risk 1 - Dice, pooled over
 seeds) scores nnU-Net's mean softmax entropy and the members' 1 - mean pairwise Dice (samples written before the
 study kept the case scores leave it blank).
@@ -95,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def study_seed(work: Path, seed: int, dataset: Path, device: str, setup: Setup, t_prime: int,
                keys: tuple[str, ...]) -> dict[str, dict]:
-    """{setting: {case: {dice, lesion_f1, entropy_auroc, nfe}}}, nnU-Net's row under ``"nnunet"``."""
+    """{setting: {case: {dice, lesion_f1, entropy_auroc, nfe}}}, nnU-Net's row under ``"nnunet"``, and the Dice of
+    benchmark_refiner's same-budget nnU-Net under ``"more"`` where it has scored one (not for ``--demo``)."""
     for trainer in (setup.pre_segmenter, setup.refiner):
         if not (model_folder(work, seed, dataset.name, trainer) / "fold_0" / "checkpoint_final.pth").is_file():
             raise SystemExit(f"{work} has no trained {trainer} for seed {seed}; run benchmark_refiner first.")
@@ -129,6 +131,11 @@ def study_seed(work: Path, seed: int, dataset: Path, device: str, setup: Setup, 
         out[key] = {c: {"dice": v["dice"], "lesion_f1": v["lesion_f1"], "entropy_auroc": v["uncertainty_auroc"],
                         "nfe": log[c]["nfe"], "case_score": _disagreement(log[c].get("scores", {}))}
                     for c, v in per_case(runner, name).items()}
+    more = runner.output.parent / "more" / "evaluation" / "more.json"  # benchmark_refiner's folder layout
+    if more.is_file():
+        summary = json.loads(more.read_text())
+        label = str(summary["labels"][0])
+        out["more"] = {c["case"]: {"dice": c["metrics"][label]["dice"]} for c in summary["metric_per_case"]}
     return out
 
 
@@ -148,8 +155,8 @@ def summarise(per_seed: dict[int, dict]) -> list[dict]:
         # case level (risk 1 - Dice, pooled over seeds): nnU-Net's mean softmax entropy, the members' disagreement
         score = [per_seed[s][key][c].get("case_score", float("nan")) for s, c in pairs]
         row["aurc"] = aurc(score, [1 - d for d in value["dice"]]) if np.isfinite(score).all() else float("nan")
-        for against in ("nnunet", DEFAULT):
-            if against != key:
+        for against in ("nnunet", "more", DEFAULT):
+            if against != key and all(against in v for v in per_seed.values()):
                 d = paired_difference([per_seed[s][against][c]["dice"] for s, c in pairs], value["dice"])
                 row[f"delta_dice_vs_{against}"] = [d["mean"], d["low"], d["high"]]
         rows.append(row)
@@ -160,10 +167,11 @@ def format_rows(rows: list[dict]) -> str:
     def ci(r, key):
         return "" if key not in r else "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r[key])
 
-    head = ["setting", "n", "Dice", "ΔDice vs nnU-Net", "ΔDice vs DDIM 5", "lesion F1", "err-AUROC (entropy)",
-            "case AURC", "NFE/case"]
+    head = ["setting", "n", "Dice", "ΔDice vs nnU-Net", "ΔDice vs nnU-Net + budget", "ΔDice vs DDIM 5", "lesion F1",
+            "err-AUROC (entropy)", "case AURC", "NFE/case"]
     lines = [head] + [[r["setting"], str(r["n"]), f"{r['dice']:.4f}", ci(r, "delta_dice_vs_nnunet"),
-                       ci(r, f"delta_dice_vs_{DEFAULT}"), f"{r['lesion_f1']:.3f}", f"{r['entropy_auroc']:.3f}",
+                       ci(r, "delta_dice_vs_more"), ci(r, f"delta_dice_vs_{DEFAULT}"), f"{r['lesion_f1']:.3f}",
+                       f"{r['entropy_auroc']:.3f}",
                        "" if np.isnan(r.get("aurc", np.nan)) else f"{r['aurc']:.3f}", f"{r['nfe']:.0f}"]
                       for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]

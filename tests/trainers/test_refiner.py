@@ -485,6 +485,8 @@ def test_sampling_study_compares_fast_fused_and_gated_sampling(quick) -> None:
     assert fused["aurc"] == pytest.approx(aurc([1 - log[c]["scores"]["pairwise_dice"] for c in names],
                                                [1 - d for d, _ in per_case]), abs=1e-9)
     assert all(np.isfinite(r["aurc"]) for r in rows.values())
+    # and against the quick benchmark's same-budget nnU-Net, which benchmark_refiner scored in the same work folder
+    assert all(len(r["delta_dice_vs_more"]) == 3 for r in rows.values())
 
 
 def test_a_trainer_made_in_python_leaves_the_excepthook_alone(nnunet_root, monkeypatch) -> None:
