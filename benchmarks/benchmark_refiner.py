@@ -22,7 +22,9 @@ over seeds x cases; paired bootstrap 95 % intervals of Dice and lesion F1 agains
     python -m benchmarks.benchmark_refiner -o WORK --quick         # the tiny set and models, two folds (tests)
 
 Everything is reused from WORK on a rerun (dataset, preprocessing, trained models, sampled cases). Output: a table,
-``WORK/refiner.json`` (rows, per-case values, learning curves) and ``WORK/refiner.csv``.
+``WORK/refiner.json`` (rows, per-case values, learning curves) and ``WORK/refiner.csv``. ``--refiner_budget 3`` and
+``--refiner_schedule poly`` train other refiners (and same-budget nnU-Nets) on the same nnU-Nets and write
+``refiner_x3.*`` or ``refiner_poly.*``, sampling in ``WORK/sampling_x3`` or ``WORK/sampling_poly``.
 """
 from __future__ import annotations
 
@@ -82,13 +84,22 @@ BUDGET_X3 = {"refiner": "PDDDPMTrainer_refinerCPU_x3", "more": "nnUNetTrainer_re
              "tag": "_x3"}
 
 
-def with_refiner_budget(setup: Setup, budget: int) -> Setup:
-    """``setup`` at ``--refiner_budget`` (1: itself; 3: :data:`BUDGET_X3`, the full benchmark only)."""
-    if budget == 1:
+#: --refiner_schedule poly: the refiner and the same nnU-Net at nnU-Net's poly learning rate instead of a constant one
+SCHEDULE_POLY = {"refiner": "PDDDPMTrainer_refinerCPU_poly", "more": "nnUNetTrainer_refinerCPU_more_poly",
+                 "paper": None, "tag": "_poly"}
+
+
+def with_refiner_budget(setup: Setup, budget: int, schedule: str = "constant") -> Setup:
+    """``setup`` at ``--refiner_budget`` (1: itself; 3: :data:`BUDGET_X3`) or ``--refiner_schedule poly``
+    (:data:`SCHEDULE_POLY`); either one, for the full benchmark only."""
+    if budget == 1 and schedule == "constant":
         return setup
+    flag = "--refiner_budget 3" if budget != 1 else "--refiner_schedule poly"
     if setup is not FULL:
-        raise SystemExit("--refiner_budget 3 is for the full benchmark's models; drop --quick/--demo or the budget.")
-    return dataclasses.replace(setup, **BUDGET_X3)
+        raise SystemExit(f"{flag} is for the full benchmark's models; drop --quick/--demo or {flag}.")
+    if budget != 1 and schedule != "constant":
+        raise SystemExit("--refiner_budget 3 and --refiner_schedule poly are separate runs; give one of them.")
+    return dataclasses.replace(setup, **(BUDGET_X3 if budget != 1 else SCHEDULE_POLY))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the refiner's training budget in units of 300 iterations of 13 (default 1); 3 trains "
                         "PDDDPMTrainer_refinerCPU_x3 and nnUNetTrainer_refinerCPU_more_x3 on the same nnU-Nets, "
                         "without the paper's recipe, and writes refiner_x3.json/.csv beside the default's")
+    p.add_argument("--refiner_schedule", choices=("constant", "poly"), default="constant",
+                   help="the refiner's learning rate (default constant 1e-3); poly trains "
+                        "PDDDPMTrainer_refinerCPU_poly and nnUNetTrainer_refinerCPU_more_poly (nnU-Net's poly "
+                        "schedule from 1e-3) on the same nnU-Nets, without the paper's recipe, and writes "
+                        "refiner_poly.json/.csv")
     return p
 
 
@@ -387,7 +403,7 @@ COLUMNS = ("method", "sampler", "seeds", "t_prime_per_seed", "cases", "dice", "h
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup = with_refiner_budget(QUICK if args.quick else FULL, args.refiner_budget)
+    setup = with_refiner_budget(QUICK if args.quick else FULL, args.refiner_budget, args.refiner_schedule)
     if args.without_paper:
         setup = dataclasses.replace(setup, paper=None)
     if args.folds is not None:

@@ -392,6 +392,44 @@ def test_benchmark_at_three_times_the_refiners_budget_shares_the_nnunets_and_sam
     assert not (tmp_path / "work").exists()
 
 
+def test_benchmark_with_a_decaying_refiner_schedule_trains_apart_and_decays_to_zero(tmp_path) -> None:
+    """``--refiner_schedule poly``: the poly refiner and nnU-Net-more on the same nnU-Nets, sampled apart; their
+    learning rate follows nnU-Net's poly schedule from ``initial_lr`` where the default's stays constant."""
+    import dataclasses
+
+    import nnunet_pdddpm.trainers as trainers
+    from benchmarks.benchmark_refiner import FULL, SCHEDULE_POLY, main, training_stages, with_refiner_budget
+    from nnunet_pdddpm.trainers.variants.mixins import _DecayingLR
+
+    poly = with_refiner_budget(FULL, 1, "poly")
+    assert poly == dataclasses.replace(FULL, **SCHEDULE_POLY) and poly.tag == "_poly" and poly.paper is None
+    assert training_stages([0], poly)[1] == [(0, "PDDDPMTrainer_refinerCPU_poly", 0),
+                                             (0, "nnUNetTrainer_refinerCPU_more_poly", 0)]
+    for base, decaying in (("PDDDPMTrainer_refinerCPU", "PDDDPMTrainer_refinerCPU_poly"),
+                           ("nnUNetTrainer_refinerCPU_more", "nnUNetTrainer_refinerCPU_more_poly")):
+        cls = getattr(trainers, decaying)
+        assert cls.__mro__[1:3] == (_DecayingLR, getattr(trainers, base))
+        assert cls.init_settings == getattr(trainers, base).init_settings  # same budget, same initial rate
+
+    class Constant:
+        initial_lr, num_epochs = 1e-3, 10
+        network = torch.nn.Linear(2, 2)
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr)
+            return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+    optimizer, schedule = type("Decaying", (_DecayingLR, Constant), {})().configure_optimizers()
+    for epoch in (0, 5, 9):
+        schedule.step(epoch)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 - epoch / 10) ** 0.9)
+    with pytest.raises(SystemExit, match="--refiner_schedule poly is for the full benchmark's models"):
+        main(["-o", str(tmp_path / "work"), "--quick", "--refiner_schedule", "poly"])
+    with pytest.raises(SystemExit, match="separate runs; give one of them"):
+        main(["-o", str(tmp_path / "work"), "--refiner_budget", "3", "--refiner_schedule", "poly"])
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.slow
 def test_predict_takes_the_refiners_soft_start_and_map_unless_told_otherwise(quick, tmp_path) -> None:
     """Without flags, predict samples from the refiner's stored soft start, fusion, lesion gate and mirrored members

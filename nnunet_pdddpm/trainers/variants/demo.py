@@ -13,6 +13,7 @@ from nnunet_pdddpm.trainers.refiner import RefinerRecipe
 from nnunet_pdddpm.trainers.seeding import SeededTrainingMixin
 from nnunet_pdddpm.trainers.variants.mixins import (
     _ContinuesPreSegmenter,
+    _DecayingLR,
     _InitSettings,
     _NarrowNetwork,
     _OutOfFoldErrors,
@@ -159,6 +160,15 @@ class nnUNetTrainer_refinerCPU_more_x3(nnUNetTrainer_refinerCPU_more):
     """The yardstick of :class:`PDDDPMTrainer_refinerCPU_x3`: the same nnU-Net trained its budget more."""
 
     init_settings = {**nnUNetTrainer_refinerCPU_more.init_settings, "num_epochs": 36}
+
+
+class PDDDPMTrainer_refinerCPU_poly(_DecayingLR, PDDDPMTrainer_refinerCPU):
+    """:class:`PDDDPMTrainer_refinerCPU` with nnU-Net's poly schedule from 1e-3 to 0 instead of a constant 1e-3:
+    three times the budget at the constant rate lost the refiner's gain; does a decaying rate keep more of it?"""
+
+
+class nnUNetTrainer_refinerCPU_more_poly(_DecayingLR, nnUNetTrainer_refinerCPU_more):
+    """The yardstick of :class:`PDDDPMTrainer_refinerCPU_poly`: the same nnU-Net trained its budget more, poly."""
 
 
 class nnUNetTrainer_refinerCPU(nnUNetTrainer_demoCPU):

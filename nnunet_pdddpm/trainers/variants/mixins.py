@@ -95,6 +95,15 @@ class _NarrowNetwork:
                                                   enable_deep_supervision)
 
 
+class _DecayingLR:
+    """nnU-Net's poly learning-rate schedule (exponent 0.9, to 0 at the last epoch) instead of the constant one of
+    the optimiser it is mixed into (mixin, first)."""
+
+    def configure_optimizers(self):
+        optimizer, _ = super().configure_optimizers()
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=0.9)
+
+
 class _ContinuesPreSegmenter:
     """A plain nnU-Net that continues the fold's pre-segmenter (``pre_segmenter_trainers[0]``) with the refiner's
     optimiser (Adam at ``initial_lr``, constant): the refiner's training without diffusion (mixin, first)."""
