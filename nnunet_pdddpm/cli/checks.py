@@ -75,7 +75,6 @@ def check_inputs_against_model(images: str, dataset: str, trainer: str, plans: s
             check_pre_segmentation_files(pre_segmentation_folder, cases, spec[0])
 
 
-
 def check_mirrored_members(asked: bool | None, allowed_mirroring_axes) -> None:
     """``--mirrored_members`` on a denoiser trained without mirroring would change nothing: one sentence instead.
     (The trainer's default on such a model samples unmirrored, as nnU-Net's test-time mirroring does.)"""
