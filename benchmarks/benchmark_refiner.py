@@ -167,9 +167,14 @@ def foreground_mean(values: torch.Tensor, probabilities: torch.Tensor) -> float:
 
 
 def per_case(runner, name: str, metrics=PER_CASE_METRICS) -> dict[str, dict[str, float]]:
-    summary = json.loads((runner.output / "evaluation" / f"{name}.json").read_text())
+    return evaluation_per_case(runner.output / "evaluation" / f"{name}.json", (*metrics, "uncertainty_auroc"))
+
+
+def evaluation_per_case(summary_file: Path, metrics) -> dict[str, dict[str, float]]:
+    """{case: {metric: value}} of the first foreground label of an evaluation summary (NaN where it has none)."""
+    summary = json.loads(summary_file.read_text())
     label = str(summary["labels"][0])
-    return {c["case"]: {m: c["metrics"][label].get(m, float("nan")) for m in (*metrics, "uncertainty_auroc")}
+    return {c["case"]: {m: c["metrics"][label].get(m, float("nan")) for m in metrics}
             for c in summary["metric_per_case"]}
 
 

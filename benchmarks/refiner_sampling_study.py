@@ -41,6 +41,7 @@ from benchmarks.benchmark_refiner import (
     QUICK,
     Setup,
     _runner,
+    evaluation_per_case,
     nanmean,
     per_case,
     segmenter_row,
@@ -66,10 +67,10 @@ SETTINGS = {  # name: (label, SamplingSettings changes)
     "fused25_lesion_mirror": ("DDIM 5, fused w 0.25 + lesion gate, mirrored members",
                               {"sampler": "ddim", "steps": 5, "pre_segmentation_weight": 0.25, "lesion_gate": True,
                                "mirrored_members": True}),
-    "fused25_lesion_mirror_e4": ("as above, ensemble 4 (one member per 2D orientation)",
+    "fused25_lesion_mirror_e4": ("DDIM 5, fused w 0.25 + lesion gate, mirrored members, ensemble 4",
                                  {"sampler": "ddim", "steps": 5, "pre_segmentation_weight": 0.25, "lesion_gate": True,
                                   "mirrored_members": True, "ensemble_size": 4}),
-    "fused25_lesion_mirror_e8": ("as above, ensemble 8 (two per 2D orientation)",
+    "fused25_lesion_mirror_e8": ("DDIM 5, fused w 0.25 + lesion gate, mirrored members, ensemble 8",
                                  {"sampler": "ddim", "steps": 5, "pre_segmentation_weight": 0.25, "lesion_gate": True,
                                   "mirrored_members": True, "ensemble_size": 8}),
 }
@@ -137,9 +138,7 @@ def study_seed(work: Path, seed: int, dataset: Path, device: str, setup: Setup, 
                     for c, v in per_case(runner, name).items()}
     more = runner.output.parent / "more" / "evaluation" / "more.json"  # benchmark_refiner's folder layout
     if more.is_file():
-        summary = json.loads(more.read_text())
-        label = str(summary["labels"][0])
-        out["more"] = {c["case"]: {"dice": c["metrics"][label]["dice"]} for c in summary["metric_per_case"]}
+        out["more"] = evaluation_per_case(more, ("dice",))
     return out
 
 

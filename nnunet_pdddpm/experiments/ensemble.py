@@ -34,13 +34,18 @@ def member_seed(seed: int, repeat: int, member: int) -> int:
     return seed + 1000 * repeat + member
 
 
+def check_unmirrored(sampling: dict) -> None:
+    """The members are drawn one at a time, so none can be mirrored: ``--mirrored_members`` is one sentence."""
+    if sampling.get("mirrored_members"):
+        raise PDDDPMUserError("The ensemble experiment draws its members one at a time and cannot mirror them; "
+                              "drop --mirrored_members.")
+
+
 def run(runner: ExperimentRunner, output: Path, sampling: dict, values: Sequence[int] = DEFAULT_VALUES,
         repeats: int = 3) -> list[dict]:
     """PD-DDPM with ensembles of each size in ``values``, ``repeats`` times with other seeds; one row per size."""
     sizes = sorted(set(values))
-    if sampling.get("mirrored_members"):
-        raise PDDDPMUserError("The ensemble experiment draws its members one at a time and cannot mirror them; "
-                              "drop --mirrored_members.")
+    check_unmirrored(sampling)
     base = runner.settings(**{**sampling, "mirrored_members": False})
     # one sample from every selected fold per member: with several folds, a size here counts per fold
     member = replace(base, ensemble_size=1, ensemble_per_fold=True, uncertainty="none", case_scores=False,
