@@ -22,9 +22,10 @@ over seeds x cases; paired bootstrap 95 % intervals of Dice and lesion F1 agains
     python -m benchmarks.benchmark_refiner -o WORK --quick         # the tiny set and models, two folds (tests)
 
 Everything is reused from WORK on a rerun (dataset, preprocessing, trained models, sampled cases). Output: a table,
-``WORK/refiner.json`` (rows, per-case values, learning curves) and ``WORK/refiner.csv``. ``--refiner_budget 3`` and
-``--refiner_schedule poly`` train other refiners (and same-budget nnU-Nets) on the same nnU-Nets and write
-``refiner_x3.*`` or ``refiner_poly.*``, sampling in ``WORK/sampling_x3`` or ``WORK/sampling_poly``.
+``WORK/refiner.json`` (rows, per-case values, learning curves) and ``WORK/refiner.csv``. ``--refiner_budget 3``,
+``--refiner_schedule poly`` and ``--refiner_starts mirrored`` train other refiners (and same-budget nnU-Nets) on the
+same nnU-Nets and write ``refiner_x3.*``, ``refiner_poly.*`` or ``refiner_tta.*``, sampling in ``WORK/sampling_x3``,
+``WORK/sampling_poly`` or ``WORK/sampling_tta``.
 """
 from __future__ import annotations
 
@@ -89,17 +90,27 @@ SCHEDULE_POLY = {"refiner": "PDDDPMTrainer_refinerCPU_poly", "more": "nnUNetTrai
                  "paper": None, "tag": "_poly"}
 
 
-def with_refiner_budget(setup: Setup, budget: int, schedule: str = "constant") -> Setup:
-    """``setup`` at ``--refiner_budget`` (1: itself; 3: :data:`BUDGET_X3`) or ``--refiner_schedule poly``
-    (:data:`SCHEDULE_POLY`); either one, for the full benchmark only."""
-    if budget == 1 and schedule == "constant":
+#: --refiner_starts mirrored: the refiner trained on out-of-fold starts averaged over nnU-Net's test-time mirrorings
+#: (as the sampling start is predicted); its yardstick is the constant-rate same-budget nnU-Net, shared
+STARTS_MIRRORED = {"refiner": "PDDDPMTrainer_refinerCPU_tta", "more": "nnUNetTrainer_refinerCPU_more", "paper": None,
+                   "tag": "_tta"}
+
+
+def with_refiner_budget(setup: Setup, budget: int, schedule: str = "constant", starts: str = "single") -> Setup:
+    """``setup`` at ``--refiner_budget`` (1: itself; 3: :data:`BUDGET_X3`), ``--refiner_schedule poly``
+    (:data:`SCHEDULE_POLY`) or ``--refiner_starts mirrored`` (:data:`STARTS_MIRRORED`); one of them, for the full
+    benchmark only."""
+    options = (("--refiner_budget 3", BUDGET_X3, budget != 1),
+               ("--refiner_schedule poly", SCHEDULE_POLY, schedule != "constant"),
+               ("--refiner_starts mirrored", STARTS_MIRRORED, starts != "single"))
+    chosen = [(flag, variant) for flag, variant, on in options if on]
+    if not chosen:
         return setup
-    flag = "--refiner_budget 3" if budget != 1 else "--refiner_schedule poly"
     if setup is not FULL:
-        raise SystemExit(f"{flag} is for the full benchmark's models; drop --quick/--demo or {flag}.")
-    if budget != 1 and schedule != "constant":
-        raise SystemExit("--refiner_budget 3 and --refiner_schedule poly are separate runs; give one of them.")
-    return dataclasses.replace(setup, **(BUDGET_X3 if budget != 1 else SCHEDULE_POLY))
+        raise SystemExit(f"{chosen[0][0]} is for the full benchmark's models; drop --quick/--demo or {chosen[0][0]}.")
+    if len(chosen) > 1:
+        raise SystemExit(f"{' and '.join(f for f, _ in chosen)} are separate runs; give one of them.")
+    return dataclasses.replace(setup, **chosen[0][1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "PDDDPMTrainer_refinerCPU_poly and nnUNetTrainer_refinerCPU_more_poly (nnU-Net's poly "
                         "schedule from 1e-3) on the same nnU-Nets, without the paper's recipe, and writes "
                         "refiner_poly.json/.csv")
+    p.add_argument("--refiner_starts", choices=("single", "mirrored"), default="single",
+                   help="the refiner's out-of-fold training starts (default: one pass of the fold's nnU-Net); "
+                        "mirrored trains PDDDPMTrainer_refinerCPU_tta (logits averaged over nnU-Net's test-time "
+                        "mirrorings, as the sampling start is predicted) on the same nnU-Nets, without the paper's "
+                        "recipe, and writes refiner_tta.json/.csv")
     return p
 
 
@@ -408,7 +424,8 @@ COLUMNS = ("method", "sampler", "seeds", "t_prime_per_seed", "cases", "dice", "h
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup = with_refiner_budget(QUICK if args.quick else FULL, args.refiner_budget, args.refiner_schedule)
+    setup = with_refiner_budget(QUICK if args.quick else FULL, args.refiner_budget, args.refiner_schedule,
+                                args.refiner_starts)
     if args.without_paper:
         setup = dataclasses.replace(setup, paper=None)
     if args.folds is not None:

@@ -20,8 +20,9 @@ study kept the case scores leave it blank).
 order of ``--seeds``; default seeds 0 1 2 ...) at the T' their validation sweep chose (300 in the runs measured).
 
 Samples found in ``WORK/sampling`` (``--refiner_budget 3``: ``WORK/sampling_x3``; ``--refiner_schedule poly``:
-``WORK/sampling_poly``) are reused. Output: a table and ``WORK/refiner_sampling.json`` (``refiner_sampling_x3.json``,
-``refiner_sampling_poly.json``).
+``WORK/sampling_poly``; ``--refiner_starts mirrored``: ``WORK/sampling_tta``) are reused. Output: a table and
+``WORK/refiner_sampling.json`` (``refiner_sampling_x3.json``, ``refiner_sampling_poly.json``,
+``refiner_sampling_tta.json``).
 """
 from __future__ import annotations
 
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refiner_schedule", choices=("constant", "poly"), default="constant",
                    help="the refiner of benchmark_refiner --refiner_schedule poly instead (sampling_poly, "
                         "refiner_sampling_poly.json)")
+    p.add_argument("--refiner_starts", choices=("single", "mirrored"), default="single",
+                   help="the refiner of benchmark_refiner --refiner_starts mirrored instead (sampling_tta, "
+                        "refiner_sampling_tta.json)")
     p.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=tuple(SETTINGS),
                    help="settings to run (default: all; ddpm costs 300 network evaluations per sample, hours on a "
                         "CPU); ddim5, the reference, is always run")
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     setup, t_prime = (QUICK, T_PRIME["quick"]) if args.quick else (FULL, T_PRIME["full"])
     if args.demo:
         setup, t_prime = DEMO, T_PRIME["demo"]
-    setup = with_refiner_budget(setup, args.refiner_budget, args.refiner_schedule)
+    setup = with_refiner_budget(setup, args.refiner_budget, args.refiner_schedule, args.refiner_starts)
     if args.demo:
         if "--seeds" not in (argv if argv is not None else sys.argv):
             args.seeds = list(range(len(args.demo)))

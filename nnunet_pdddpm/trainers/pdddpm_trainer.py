@@ -113,6 +113,10 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
     # with a trained pre-segmenter as source: diffuse its probabilities (2p - 1), as sampling with
     # soft_pre_segmentation does, instead of its argmax
     pre_segmentation_soft: bool = False
+    # with a trained pre-segmenter as source: its logits averaged over nnU-Net's test-time mirror combinations (the
+    # pre-segmenter's inference_allowed_mirroring_axes), as the sampling start is predicted with nnU-Net's default
+    # test-time augmentation; costs one pre-segmenter evaluation per combination (4 in 2D, 8 in 3D)
+    pre_segmentation_mirroring: bool = False
     # start the denoiser as a trained PlainConvUNet (``networks/warm_start.py``): "pre_segmenter" finds it as the
     # final validation does (same dataset, plans, configuration and fold), or the path of its checkpoint; None
     # trains from scratch. Needs the softmax x0 output, so that the initial x0 estimate is nnU-Net's softmax
@@ -214,6 +218,13 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
             raise PDDDPMUserError(f"{name}.pre_segmentation_soft needs a trained pre-segmenter as "
                                   f"pre_segmentation_source ('pre_segmenter' or 'out_of_fold'): simulated errors "
                                   f"have no probabilities.")
+        if not isinstance(self.pre_segmentation_mirroring, bool):
+            raise PDDDPMUserError(f"{name}.pre_segmentation_mirroring must be True or False, got "
+                                  f"{self.pre_segmentation_mirroring!r}.")
+        if self.pre_segmentation_mirroring and self.pre_segmentation_source == "simulated":
+            raise PDDDPMUserError(f"{name}.pre_segmentation_mirroring needs a trained pre-segmenter as "
+                                  f"pre_segmentation_source ('pre_segmenter' or 'out_of_fold'): simulated errors "
+                                  f"are not predicted.")
         if self.timestep_range is not None and not self.t_prime <= self.timestep_range <= T:
             raise PDDDPMUserError(f"{name}.timestep_range must lie between t_prime ({self.t_prime}) and T ({T}), "
                                   f"got {self.timestep_range}; the denoiser is evaluated at every t < t_prime.")
@@ -488,6 +499,7 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
                          "pre_segmentation_errors": self.pre_segmentation_errors,
                          "pre_segmentation_source": self.pre_segmentation_source,
                          "pre_segmentation_soft": self.pre_segmentation_soft,
+                         "pre_segmentation_mirroring": self.pre_segmentation_mirroring,
                          "warm_start": self.warm_start, "warm_start_source": self.warm_start_source},
         }
 

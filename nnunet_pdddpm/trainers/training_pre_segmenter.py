@@ -18,6 +18,7 @@ Its checkpoints are read as the final validation reads them: without running cod
 from __future__ import annotations
 
 import copy
+import itertools
 from os.path import isfile, join
 
 import torch
@@ -58,11 +59,14 @@ def _fold_networks(trainer, folder: str, folds: list[int]) -> dict[int, nn.Modul
         raise PDDDPMUserError(f"The pre-segmenter in {folder} predicts "
                               f"{source.predictor.label_manager.num_segmentation_heads} classes but the dataset has "
                               f"{trainer.label_manager.num_segmentation_heads}; retrain it on this dataset.")
+    mirror_axes = tuple(source.predictor.allowed_mirroring_axes or ()) if trainer.pre_segmentation_mirroring else ()
+    if trainer.pre_segmentation_mirroring:
+        trainer.print_to_log_file(f"Pre-segmenter logits averaged over its test-time mirror axes {mirror_axes}")
     networks = {}
     for fold, parameters in zip(folds, source.predictor.list_of_parameters):
         network = copy.deepcopy(source.predictor.network)
         network.load_state_dict(parameters)
-        networks[fold] = _FirstOutput(network.to(trainer.device).eval().requires_grad_(False))
+        networks[fold] = _FirstOutput(network.to(trainer.device).eval().requires_grad_(False), mirror_axes)
     return networks
 
 
@@ -89,15 +93,26 @@ def _load_out_of_fold(trainer, folder: str | None) -> nn.Module:
 
 
 class _FirstOutput(nn.Module):
-    """The full-resolution logits of a network that may return deep-supervision lists."""
+    """The full-resolution logits of a network that may return deep-supervision lists; with ``mirror_axes`` (patch
+    axes, 0-based as nnU-Net's ``allowed_mirroring_axes``) their mean over every mirror combination, as nnU-Net's
+    test-time augmentation computes them."""
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, mirror_axes: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.network = network
+        self.mirror_axes = tuple(sorted(set(int(a) for a in mirror_axes)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         out = self.network(x)
         return out[0] if isinstance(out, (list, tuple)) else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(x)
+        combos = [c for k in range(1, len(self.mirror_axes) + 1)
+                  for c in itertools.combinations([a + 2 for a in self.mirror_axes], k)]
+        for dims in combos:
+            logits = logits + self._logits(x.flip(dims)).flip(dims)
+        return logits / (len(combos) + 1)
 
 
 class _PerCaseNetworks(nn.Module):

@@ -114,6 +114,9 @@ def _construct(root: Path, cls, monkeypatch):
     ("pre_segmentation_weight", 1.5, r"Bad\.pre_segmentation_weight must be a number in \[0, 1\], got 1\.5"),
     ("lesion_gate", "yes", r"Bad\.lesion_gate must be True or False, got 'yes'"),
     ("mirrored_members", 1, r"Bad\.mirrored_members must be True or False, got 1"),
+    ("pre_segmentation_mirroring", 1, r"Bad\.pre_segmentation_mirroring must be True or False, got 1"),
+    ("pre_segmentation_mirroring", True, r"Bad\.pre_segmentation_mirroring needs a trained pre-segmenter as "
+                                         r"pre_segmentation_source \('pre_segmenter' or 'out_of_fold'\)"),
     ("warm_start", "pre_segmenter", r"Bad\.warm_start needs diffusion_config = DiffusionConfig"),
 ])
 def test_invalid_attribute_is_refused_at_construction(nnunet_root, monkeypatch, attribute, value, message) -> None:
@@ -241,6 +244,18 @@ def _fold_logits(folder: Path, fold: int, data: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
+def _starts_at_index_0(work: Path, trainer, batch: dict, monkeypatch) -> tuple[torch.Tensor, dict[str, int]]:
+    """The noisy masks (B, K, ...) one training step of ``batch`` feeds the network at timestep index 0 (there x_t is
+    sqrt(ab) x0 + sqrt(1 - ab) eps with sqrt(1 - ab) ~ 0.006: the start up to noise), and the fold that holds each
+    case out in the quick run's splits."""
+    monkeypatch.setattr(trainer, "draw_timesteps", lambda b: torch.zeros((b,), dtype=torch.long))
+    seen = []
+    trainer.network.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    trainer.train_step(batch)
+    splits = load_json(work / "nnUNet_preprocessed" / QUICK_DATASET / "splits_final.json")
+    return seen[0][:, batch["data"].shape[1]:], {key: fold for fold, split in enumerate(splits) for key in split["val"]}
+
+
 @pytest.mark.slow
 def test_warm_started_trainer_predicts_its_nnunets_softmax_and_trains_on_out_of_fold_probabilities(
         quick, monkeypatch) -> None:
@@ -266,19 +281,47 @@ def test_warm_started_trainer_predicts_its_nnunets_softmax_and_trains_on_out_of_
             assert torch.allclose((x0 + 1) / 2, expected, atol=1e-5, rtol=0)
 
     # training starts: every sample diffused from 2p - 1 of the fold that held its case out
-    monkeypatch.setattr(trainer, "draw_timesteps", lambda b: torch.zeros((b,), dtype=torch.long))
-    seen = []
-    trainer.network.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
-    trainer.train_step(batch)
-    x_t = seen[0][:, data.shape[1]:]
-    splits = load_json(quick / "nnUNet_preprocessed" / QUICK_DATASET / "splits_final.json")
-    holder = {key: fold for fold, split in enumerate(splits) for key in split["val"]}
+    x_t, holder = _starts_at_index_0(quick, trainer, batch, monkeypatch)
     for i, key in enumerate(batch["keys"]):
         assert holder[key] != 0
         probabilities = torch.softmax(_fold_logits(nnunet, holder[key], data[i:i + 1]), 1)[0]
         # x_t at index 0 is sqrt(ab) x0 + sqrt(1 - ab) eps with sqrt(1 - ab) ~ 0.006: within 0.05 everywhere
         assert torch.allclose(x_t[i], 2 * probabilities - 1, atol=0.05), key
         assert ((probabilities > 0.05) & (probabilities < 0.95)).any()  # soft values, not a one-hot mask
+
+
+@pytest.mark.slow
+def test_mirrored_training_starts_are_nnunets_test_time_augmented_out_of_fold_probabilities(quick, monkeypatch) -> None:
+    """``pre_segmentation_mirroring``: each training start is 2p - 1 of the logits that nnU-Net's own predictor
+    averages over its test-time mirrorings (``_internal_maybe_mirror_and_predict``), from the fold that held the case
+    out; they differ from one pass, and the checkpoint settings record the option."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_pdddpm import PDDDPMTrainer_tiny_refiner
+
+    mirrored = type("PDDDPMTrainer_tiny_refinerTTA", (PDDDPMTrainer_tiny_refiner,),
+                    {"pre_segmentation_errors": 1.0, "pre_segmentation_mirroring": True})
+    trainer = _quick_trainer(quick, mirrored, monkeypatch)
+    assert trainer.pdddpm_settings()["training"]["pre_segmentation_mirroring"] is True
+    assert PDDDPMTrainer_tiny_refiner.pre_segmentation_mirroring is False  # the default recipe: one pass
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    loader, _ = trainer.get_dataloaders()
+    batch = next(loader)
+    data = batch["data"].float()
+    x_t, holder = _starts_at_index_0(quick, trainer, batch, monkeypatch)
+    nnunet = _folder(quick, "nnUNetTrainer_tiny")
+    for i, key in enumerate(batch["keys"]):
+        predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=True, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(nnunet), (holder[key],), "checkpoint_final.pth")
+        predictor.network.load_state_dict(predictor.list_of_parameters[0])
+        predictor.network.eval()
+        assert len(predictor.allowed_mirroring_axes) == 2  # the 2D model mirrors along both axes
+        with torch.no_grad():
+            tta = torch.softmax(predictor._internal_maybe_mirror_and_predict(data[i:i + 1]), 1)[0]
+        one_pass = torch.softmax(_fold_logits(nnunet, holder[key], data[i:i + 1]), 1)[0]
+        # x_t at index 0 is sqrt(ab) x0 + sqrt(1 - ab) eps with sqrt(1 - ab) ~ 0.006: within 0.05 everywhere
+        assert torch.allclose(x_t[i], 2 * tta - 1, atol=0.05), key
+        assert (tta - one_pass).abs().max() > 0.1  # the mirrorings changed the start
 
 
 @pytest.mark.slow
@@ -296,13 +339,8 @@ def test_the_papers_recipe_trains_on_the_argmax_of_the_fold_that_held_each_case_
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     loader, _ = trainer.get_dataloaders()
     batch = next(loader)
-    monkeypatch.setattr(trainer, "draw_timesteps", lambda b: torch.zeros((b,), dtype=torch.long))
-    seen = []
-    trainer.network.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
-    trainer.train_step(batch)
-    mask = seen[0][:, batch["data"].shape[1]:] > 0  # at index 0, x_t is x_0 up to noise of sd 0.006
-    splits = load_json(quick / "nnUNet_preprocessed" / QUICK_DATASET / "splits_final.json")
-    holder = {key: fold for fold, split in enumerate(splits) for key in split["val"]}
+    x_t, holder = _starts_at_index_0(quick, trainer, batch, monkeypatch)
+    mask = x_t > 0  # at index 0, x_t is x_0 up to noise of sd 0.006
     nnunet = _folder(quick, "nnUNetTrainer_tiny")
     for i, key in enumerate(batch["keys"]):
         assert holder[key] != 0  # a training case of fold 0...
@@ -427,6 +465,27 @@ def test_benchmark_with_a_decaying_refiner_schedule_trains_apart_and_decays_to_z
         main(["-o", str(tmp_path / "work"), "--quick", "--refiner_schedule", "poly"])
     with pytest.raises(SystemExit, match="separate runs; give one of them"):
         main(["-o", str(tmp_path / "work"), "--refiner_budget", "3", "--refiner_schedule", "poly"])
+    assert not (tmp_path / "work").exists()
+
+
+def test_benchmark_with_mirrored_training_starts_shares_the_nnunets_and_the_same_budget_yardstick(tmp_path) -> None:
+    """``--refiner_starts mirrored`` trains only the refiner whose starts are test-time augmented; the same-budget
+    nnU-Net is the default run's (the same training without diffusion), sampled apart under the ``_tta`` tag."""
+    from benchmarks.benchmark_refiner import FULL, main, training_stages, with_refiner_budget
+    from benchmarks.refiner_sampling_study import main as study
+    from nnunet_pdddpm import PDDDPMTrainer_refinerCPU, PDDDPMTrainer_refinerCPU_tta
+
+    tta = with_refiner_budget(FULL, 1, "constant", "mirrored")
+    assert (tta.tag, tta.paper, tta.more) == ("_tta", None, FULL.more)
+    assert training_stages([0], tta) == [training_stages([0], FULL)[0],
+                                         [(0, "PDDDPMTrainer_refinerCPU_tta", 0), (0, FULL.more, 0)]]
+    assert PDDDPMTrainer_refinerCPU_tta.__mro__[1] is PDDDPMTrainer_refinerCPU
+    assert PDDDPMTrainer_refinerCPU_tta.pre_segmentation_mirroring is True
+    assert PDDDPMTrainer_refinerCPU.pre_segmentation_mirroring is False
+    with pytest.raises(SystemExit, match="--refiner_starts mirrored is for the full benchmark's models"):
+        main(["-o", str(tmp_path / "work"), "--quick", "--refiner_starts", "mirrored"])
+    with pytest.raises(SystemExit, match="--refiner_schedule poly and --refiner_starts mirrored are separate runs"):
+        study(["-o", str(tmp_path / "work"), "--refiner_schedule", "poly", "--refiner_starts", "mirrored"])
     assert not (tmp_path / "work").exists()
 
 

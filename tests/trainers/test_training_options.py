@@ -38,7 +38,8 @@ def test_timestep_range_bounds_the_training_timesteps(nnunet_root, monkeypatch):
     default = make_trainer(nnunet_root, _tiny(), monkeypatch)
     assert default.pdddpm_settings()["training"] == {"timestep_range": 1000, "pre_segmentation_errors": 0.0,
                                                      "pre_segmentation_source": "simulated",
-                                                     "pre_segmentation_soft": False, "warm_start": None,
+                                                     "pre_segmentation_soft": False, "pre_segmentation_mirroring": False,
+                                                     "warm_start": None,
                                                      "warm_start_source": None}
 
 

@@ -171,6 +171,14 @@ class nnUNetTrainer_refinerCPU_more_poly(_DecayingLR, nnUNetTrainer_refinerCPU_m
     """The yardstick of :class:`PDDDPMTrainer_refinerCPU_poly`: the same nnU-Net trained its budget more, poly."""
 
 
+class PDDDPMTrainer_refinerCPU_tta(PDDDPMTrainer_refinerCPU):
+    """:class:`PDDDPMTrainer_refinerCPU` whose out-of-fold training starts are the other folds' logits averaged over
+    nnU-Net's test-time mirrorings, as the sampling start is predicted: training starts as smooth as the ones it
+    will see. Its yardstick is :class:`nnUNetTrainer_refinerCPU_more` (the same training without diffusion)."""
+
+    pre_segmentation_mirroring = True
+
+
 class nnUNetTrainer_refinerCPU(nnUNetTrainer_demoCPU):
     """Plain nnU-Net at the demo's width trained to its plateau on two cores (2400 iterations of 6, nnU-Net's poly
     schedule): the model a user would refine, and the starting point of the refiner benchmark
