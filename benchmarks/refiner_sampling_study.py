@@ -27,6 +27,7 @@ Samples found in ``WORK/sampling`` (``--refiner_budget 3``: ``WORK/sampling_x3``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -77,6 +78,9 @@ SETTINGS = {  # name: (label, SamplingSettings changes)
 }
 DEFAULT = "ddim5"  # the reference every setting is paired with: the ensemble alone
 DEMO = Setup(None, 986, "PDDDPMDemoCPU", "nnUNetTrainer_demoCPU", "PDDDPMTrainer_demoCPU_refiner", "", (), 5, 5)
+#: --demo ... --refiner_starts mirrored: PDDDPMTrainer_demoCPU_refiner_tta, trained in each demo folder beside the
+#: demo's refiner (nnUNetv2_train 986 2d 0 -tr PDDDPMTrainer_demoCPU_refiner_tta with the demo's nnU-Net folders)
+DEMO_STARTS_MIRRORED = {"refiner": "PDDDPMTrainer_demoCPU_refiner_tta", "tag": "_tta"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     setup, t_prime = (QUICK, T_PRIME["quick"]) if args.quick else (FULL, T_PRIME["full"])
     if args.demo:
         setup, t_prime = DEMO, T_PRIME["demo"]
+    if args.demo and args.refiner_starts == "mirrored":  # the demo's refiner trained on mirrored starts
+        setup = dataclasses.replace(DEMO, **DEMO_STARTS_MIRRORED)
+        args.refiner_starts = "single"
     setup = with_refiner_budget(setup, args.refiner_budget, args.refiner_schedule, args.refiner_starts)
     if args.demo:
         if "--seeds" not in (argv if argv is not None else sys.argv):

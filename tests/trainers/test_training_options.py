@@ -38,8 +38,8 @@ def test_timestep_range_bounds_the_training_timesteps(nnunet_root, monkeypatch):
     default = make_trainer(nnunet_root, _tiny(), monkeypatch)
     assert default.pdddpm_settings()["training"] == {"timestep_range": 1000, "pre_segmentation_errors": 0.0,
                                                      "pre_segmentation_source": "simulated",
-                                                     "pre_segmentation_soft": False, "pre_segmentation_mirroring": False,
-                                                     "warm_start": None,
+                                                     "pre_segmentation_soft": False,
+                                                     "pre_segmentation_mirroring": False, "warm_start": None,
                                                      "warm_start_source": None}
 
 
@@ -67,6 +67,35 @@ def test_aware_training_diffuses_simulated_errors_and_targets_the_ground_truth(n
     assert differs.any()  # ...the input is not, for samples that got an error
     # what the network saw is a one-hot mask (exactly one channel on), built from the given labels
     assert torch.equal((seen > 0).sum(1), torch.ones_like((seen > 0).sum(1)))
+
+
+def test_only_the_rows_diffused_from_an_imperfect_start_are_segmented(nnunet_root, monkeypatch):
+    """With a fraction below 1, the imperfect starts (a pre-segmenter's evaluation, the costly part of a step) are
+    made for the chosen rows only, with their images, labels and case keys; the other rows start at the truth."""
+    trainer = make_trainer(nnunet_root, _tiny(diffusion_config=DiffusionConfig(prediction_type="sample"),
+                                              pre_segmentation_errors=0.5), monkeypatch)
+    calls = []
+
+    def imperfect(data, target, keys):
+        calls.append((data, target, keys))
+        return torch.zeros((data.shape[0], len(trainer.labels), *data.shape[2:]))
+
+    monkeypatch.setattr(trainer, "_imperfect_starts", imperfect)
+    torch.manual_seed(0)
+    data = torch.randn(64, 1, 8, 8)
+    target = (torch.rand(64, 1, 8, 8) > 0.7).float()
+    keys = [f"case_{i}" for i in range(64)]
+    x0, _, x_t = trainer._noisy_input(data, target, torch.zeros(64, dtype=torch.long), error_fraction=0.5, keys=keys)
+    assert len(calls) == 1
+    wrong = [i for i in range(64) if x_t[i].abs().max() < 0.05]  # at index 0, x_t is the start up to sd 0.006
+    assert 10 < len(wrong) < 54  # about half
+    assert torch.equal(calls[0][0], data[wrong]) and torch.equal(calls[0][1], target[wrong])
+    assert calls[0][2] == [keys[i] for i in wrong]
+    right = [i for i in range(64) if i not in wrong]
+    assert torch.allclose(x_t[right], x0[right], atol=0.05)
+    calls.clear()
+    trainer._noisy_input(data, target, torch.zeros(64, dtype=torch.long), error_fraction=0.0, keys=keys)
+    assert calls == []  # no imperfect start asked for, none made
 
 
 SOFTMAX = DiffusionConfig(prediction_type="sample", output_activation="softmax")

@@ -128,6 +128,14 @@ class PDDDPMTrainer_demoCPU_refiner(RefinerRecipe, PDDDPMTrainer_demoCPU):
     init_settings = {**PDDDPMTrainer_demoCPU.init_settings}
 
 
+class PDDDPMTrainer_demoCPU_refiner_tta(PDDDPMTrainer_demoCPU_refiner):
+    """:class:`PDDDPMTrainer_demoCPU_refiner` whose training starts are fold 0's logits averaged over nnU-Net's
+    test-time mirrorings, as the sampling start is predicted (the demo budget's row of ``--refiner_starts
+    mirrored``)."""
+
+    pre_segmentation_mirroring = True
+
+
 class PDDDPMTrainer_refinerCPU_paper(PDDDPMTrainer_demoCPU):
     """The paper's recipe at the refiner's budget and on its pre-segmenter (``nnUNetTrainer_refinerCPU``): a
     denoiser trained from scratch on the diffused ground truth, sampled from the hard pre-segmentation. The refiner
