@@ -3,7 +3,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from packaging.version import Version
 
-__version__ = "0.2.4"
+__version__ = "0.2.5"
 MIN_NNUNETV2 = "2.8.1"
 
 
