@@ -376,9 +376,12 @@ class PDDDPMTrainer_paper(SeededTrainingMixin, SafeCheckpointMixin, nnUNetTraine
         x0 = encode_labels(target, self.labels)
         noise = torch.randn_like(x0) if noise is None else noise
         start = x0
-        # the rows are chosen on the host (no device sync), and only they are segmented: with a pre-segmenter
-        # (mirrored: 4 or 8 evaluations) that is the costly part of a step
-        rows = (torch.rand(x0.shape[0]) < error_fraction).nonzero().flatten().tolist() if error_fraction > 0 else []
+        # only the chosen rows are segmented: with a pre-segmenter (mirrored: 4 or 8 evaluations) that is the costly
+        # part of a step. They are drawn as before 0.2.5 (same generator, same point of the stream), so a seeded
+        # run with a trained pre-segmenter trains as it did (simulated errors now draw after the rows); reading
+        # them costs one device sync per step
+        rows = ((torch.rand(x0.shape[0], device=x0.device) < error_fraction).nonzero().flatten().tolist()
+                if error_fraction > 0 else [])
         if rows:
             start = x0.clone()
             start[rows] = self._imperfect_starts(data[rows], target[rows],
