@@ -61,7 +61,9 @@ def _fold_networks(trainer, folder: str, folds: list[int]) -> dict[int, nn.Modul
                               f"{trainer.label_manager.num_segmentation_heads}; retrain it on this dataset.")
     mirror_axes = tuple(source.predictor.allowed_mirroring_axes or ()) if trainer.pre_segmentation_mirroring else ()
     if trainer.pre_segmentation_mirroring:
-        trainer.print_to_log_file(f"Pre-segmenter logits averaged over its test-time mirror axes {mirror_axes}")
+        trainer.print_to_log_file(f"Pre-segmenter logits averaged over its test-time mirror axes {mirror_axes}"
+                                  if mirror_axes else "The pre-segmenter has no test-time mirror axes: its training "
+                                  "starts are one pass, as its predictions at inference are")
     networks = {}
     for fold, parameters in zip(folds, source.predictor.list_of_parameters):
         network = copy.deepcopy(source.predictor.network)
