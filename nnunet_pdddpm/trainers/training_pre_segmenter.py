@@ -112,6 +112,8 @@ class _FirstOutput(nn.Module):
         logits = self._logits(x)
         combos = [c for k in range(1, len(self.mirror_axes) + 1)
                   for c in itertools.combinations([a + 2 for a in self.mirror_axes], k)]
+        if not combos:
+            return logits
         for dims in combos:
             logits = logits + self._logits(x.flip(dims)).flip(dims)
         return logits / (len(combos) + 1)

@@ -69,35 +69,6 @@ def test_aware_training_diffuses_simulated_errors_and_targets_the_ground_truth(n
     assert torch.equal((seen > 0).sum(1), torch.ones_like((seen > 0).sum(1)))
 
 
-def test_only_the_rows_diffused_from_an_imperfect_start_are_segmented(nnunet_root, monkeypatch):
-    """With a fraction below 1, the imperfect starts (a pre-segmenter's evaluation, the costly part of a step) are
-    made for the chosen rows only, with their images, labels and case keys; the other rows start at the truth."""
-    trainer = make_trainer(nnunet_root, _tiny(diffusion_config=DiffusionConfig(prediction_type="sample"),
-                                              pre_segmentation_errors=0.5), monkeypatch)
-    calls = []
-
-    def imperfect(data, target, keys):
-        calls.append((data, target, keys))
-        return torch.zeros((data.shape[0], len(trainer.labels), *data.shape[2:]))
-
-    monkeypatch.setattr(trainer, "_imperfect_starts", imperfect)
-    torch.manual_seed(0)
-    data = torch.randn(64, 1, 8, 8)
-    target = (torch.rand(64, 1, 8, 8) > 0.7).float()
-    keys = [f"case_{i}" for i in range(64)]
-    x0, _, x_t = trainer._noisy_input(data, target, torch.zeros(64, dtype=torch.long), error_fraction=0.5, keys=keys)
-    assert len(calls) == 1
-    wrong = [i for i in range(64) if x_t[i].abs().max() < 0.05]  # at index 0, x_t is the start up to sd 0.006
-    assert 10 < len(wrong) < 54  # about half
-    assert torch.equal(calls[0][0], data[wrong]) and torch.equal(calls[0][1], target[wrong])
-    assert calls[0][2] == [keys[i] for i in wrong]
-    right = [i for i in range(64) if i not in wrong]
-    assert torch.allclose(x_t[right], x0[right], atol=0.05)
-    calls.clear()
-    trainer._noisy_input(data, target, torch.zeros(64, dtype=torch.long), error_fraction=0.0, keys=keys)
-    assert calls == []  # no imperfect start asked for, none made
-
-
 SOFTMAX = DiffusionConfig(prediction_type="sample", output_activation="softmax")
 
 
