@@ -215,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     setup, t_prime = (QUICK, T_PRIME["quick"]) if args.quick else (FULL, T_PRIME["full"])
     if args.demo:
         setup, t_prime = DEMO, T_PRIME["demo"]
-    if args.demo and args.refiner_starts == "mirrored":  # the demo's refiner trained on mirrored starts
-        setup = dataclasses.replace(DEMO, **DEMO_STARTS_MIRRORED)
-        args.refiner_starts = "single"
-    setup = with_refiner_budget(setup, args.refiner_budget, args.refiner_schedule, args.refiner_starts)
+    starts = args.refiner_starts
+    if args.demo and starts == "mirrored":  # the demo folders hold their own mirrored-starts refiner
+        setup, starts = dataclasses.replace(DEMO, **DEMO_STARTS_MIRRORED), "single"
+    setup = with_refiner_budget(setup, args.refiner_budget, args.refiner_schedule, starts)
     if args.demo:
         if "--seeds" not in (argv if argv is not None else sys.argv):
             args.seeds = list(range(len(args.demo)))

@@ -114,12 +114,12 @@ def check_settings_before_work(args: argparse.Namespace, runner) -> None:
     written (T' values above T or above the denoiser's trained timesteps, -steps above T')."""
     predictor = runner.predictor
     check_mirrored_members(args.mirrored_members, predictor.allowed_mirroring_axes)
+    sampling = options.sampling_overrides(args)
     if args.experiment == "ensemble":
         from nnunet_pdddpm.experiments.ensemble import check_unmirrored
 
-        check_unmirrored(options.sampling_overrides(args))
+        check_unmirrored(sampling)
     T = predictor.diffusion_config.num_train_timesteps
-    sampling = options.sampling_overrides(args)
     if args.experiment == "tprime":
         from nnunet_pdddpm.experiments.tprime import DEFAULT_VALUES
 

@@ -41,13 +41,18 @@ def case_seed(case_key: str | None) -> int:
     return 0 if case_key is None else zlib.crc32(case_key.encode())
 
 
-def member_mirrorings(mirror_axes: Sequence[int], num_members: int) -> list[tuple[int, ...]]:
-    """The patch axes member m is mirrored along: nnU-Net's test-time mirror combinations (none first, then each
-    axis, pairs, ...) dealt out over the members in turn, so an ensemble of 5 on a 2D model with axes (0, 1) is
-    (), (0,), (1,), (0, 1), (). The members then average over mirrorings as nnU-Net's test-time augmentation does,
-    at no extra network evaluation."""
+def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """nnU-Net's test-time mirror combinations of patch axes (0-based, as ``allowed_mirroring_axes``), in its order:
+    none first, then each axis, pairs, ... (2D with axes (0, 1): (), (0,), (1,), (0, 1))."""
     axes = tuple(sorted(set(int(a) for a in mirror_axes)))
-    combos = [c for k in range(len(axes) + 1) for c in itertools.combinations(axes, k)]
+    return [c for k in range(len(axes) + 1) for c in itertools.combinations(axes, k)]
+
+
+def member_mirrorings(mirror_axes: Sequence[int], num_members: int) -> list[tuple[int, ...]]:
+    """The patch axes member m is mirrored along: :func:`mirror_combinations` dealt out over the members in turn, so
+    an ensemble of 5 on a 2D model with axes (0, 1) is (), (0,), (1,), (0, 1), (). The members then average over
+    mirrorings as nnU-Net's test-time augmentation does, at no extra network evaluation."""
+    combos = mirror_combinations(mirror_axes)
     return [combos[m % len(combos)] for m in range(num_members)]
 
 

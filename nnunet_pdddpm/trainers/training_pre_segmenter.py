@@ -18,7 +18,6 @@ Its checkpoints are read as the final validation reads them: without running cod
 from __future__ import annotations
 
 import copy
-import itertools
 from os.path import isfile, join
 
 import torch
@@ -100,9 +99,12 @@ class _FirstOutput(nn.Module):
     test-time augmentation computes them."""
 
     def __init__(self, network: nn.Module, mirror_axes: tuple[int, ...] = ()) -> None:
+        from nnunet_pdddpm.inference.ensemble_sampling import mirror_combinations
+
         super().__init__()
         self.network = network
-        self.mirror_axes = tuple(sorted(set(int(a) for a in mirror_axes)))
+        # the flipped dims of every combination after the unmirrored one, as (B, C, *patch) dims
+        self.flips = [[a + 2 for a in c] for c in mirror_combinations(mirror_axes)[1:]]
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         out = self.network(x)
@@ -110,13 +112,11 @@ class _FirstOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self._logits(x)
-        combos = [c for k in range(1, len(self.mirror_axes) + 1)
-                  for c in itertools.combinations([a + 2 for a in self.mirror_axes], k)]
-        if not combos:
+        if not self.flips:
             return logits
-        for dims in combos:
+        for dims in self.flips:  # summed in nnU-Net's order, so the mean is its _internal_maybe_mirror_and_predict's
             logits = logits + self._logits(x.flip(dims)).flip(dims)
-        return logits / (len(combos) + 1)
+        return logits / (len(self.flips) + 1)
 
 
 class _PerCaseNetworks(nn.Module):
